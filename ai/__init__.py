@@ -1,0 +1,1 @@
+"""dicomnode AI modules: quality, mtici, keyframes, spine, on MONAI networks."""

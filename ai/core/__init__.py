@@ -1,0 +1,1 @@
+"""Shared AI core: the module contract, model versions and preprocessing."""
