@@ -53,3 +53,4 @@ def configure_logging(level: int = logging.INFO, stream: Any = None) -> None:
     # pynetdicom logs every PDU at DEBUG and each association at INFO; keep it quiet
     # unless asked, so one bad instance is one line.
     logging.getLogger("pynetdicom").setLevel(max(level, logging.WARNING))
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))

@@ -1,0 +1,70 @@
+"""The running node: receiver plus the background services later parts add.
+
+``Node`` opens the index and spool once and starts its services in order; it
+stops them in reverse order on SIGTERM/SIGINT so the instance in flight finishes
+and nothing is left half-written.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any, Protocol
+
+from dicomnode.config import Settings
+from dicomnode.net.scp import Receiver
+from dicomnode.storage.db import Database, open_database
+from dicomnode.storage.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """Something the node starts and stops (receiver, scheduler, workers, outbox)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Node:
+    """Everything ``dicomnode run`` runs, sharing one index and one spool."""
+
+    def __init__(self, settings: Settings, roles: tuple[str, ...] = ("receiver", "worker")) -> None:
+        self.settings = settings
+        self.roles = roles
+        self.db: Database = open_database(settings.database_url, fsync=settings.node.fsync)
+        self.spool = Spool(settings.spool_dir, fsync=settings.node.fsync)
+        self.services: list[Service] = []
+        if "receiver" in roles:
+            self.receiver = Receiver(settings, self.db, self.spool)
+            self.services.append(self.receiver)
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        for service in self.services:
+            service.start()
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception:
+                logger.exception("error while stopping %s", type(service).__name__)
+        self.db.dispose()
+
+    def request_stop(self, signum: int = 0, _frame: Any = None) -> None:
+        if signum:
+            logger.info("received %s: shutting down", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run_forever(self) -> None:
+        """Start, block until SIGTERM/SIGINT, stop cleanly."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            self.stop()

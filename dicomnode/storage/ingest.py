@@ -1,0 +1,296 @@
+"""Ingest: a received data set in a temporary file → durable spool file + committed index row.
+
+:meth:`Ingestor.ingest` is the whole contract of a C-STORE success: it returns only
+after the bytes are in their final spool place (fsync'd, renamed, directory
+fsync'd) and the row is committed.  Anything else raises a
+:class:`~dicomnode.errors.DicomNodeError` whose ``status`` the handler answers.
+
+Order matters for crash safety: file first, then index.  A crash between the two
+leaves an unindexed file (harmless; the sender got no success and sends again),
+never an index row that points at a missing or partial file.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from dicomnode.errors import (
+    DuplicateConflictError,
+    InvalidDatasetError,
+    InvalidUIDError,
+    OutOfResourcesError,
+    SOPClassMismatchError,
+)
+from dicomnode.storage.db import Database
+from dicomnode.storage.index import find_instance, get_or_create, touch_study
+from dicomnode.storage.models import Instance, Patient, Series, Study, utcnow
+from dicomnode.storage.spool import NO_SPACE_ERRNOS, Spool
+
+logger = logging.getLogger(__name__)
+
+#: PS3.5 §9.1: components of digits, no leading zero (except "0" itself), dots between.
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+#: Header attributes kept in ``Instance.attributes`` for module selection.
+EXTRA_KEYWORDS = (
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "SliceLocation", "FrameTime", "CineRate", "RecommendedDisplayFrameRate",
+    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "SamplesPerPixel",
+    "PixelRepresentation", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime",
+    "ContentDate", "ContentTime", "PatientOrientation", "Manufacturer",
+    "ImagerPixelSpacing", "DistanceSourceToDetector", "DistanceSourceToPatient",
+)
+
+
+def valid_uid(value: Any) -> bool:
+    """True when ``value`` is a UID that PS3.5 §9.1 allows (≤ 64 chars)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(UID_RE.match(value))
+
+
+def _plain(value: Any) -> Any:
+    """A header value as JSON-friendly Python (lists of floats, strings)."""
+    if isinstance(value, MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, int | float | str):
+        return value
+    if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.IS):
+        return float(value)
+    return str(value)
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 64) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return str(value)[:limit]
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What :meth:`Ingestor.ingest` did."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    path: str
+    duplicate: bool = False
+    replaced: bool = False
+
+
+class Ingestor:
+    """Validates, places and indexes received instances.
+
+    Parameters
+    ----------
+    db : Database
+        The index.
+    spool : Spool
+        Where files go.
+    duplicate_policy : str
+        ``"keep_newest"`` (default) or ``"reject"`` for a known SOP Instance UID
+        arriving with other bytes.
+    min_free_bytes : int
+        Below this much free space the spool answers Out of Resources before it
+        fills completely (SQLite and the OS need room too).
+    """
+
+    def __init__(
+        self, db: Database, spool: Spool, duplicate_policy: str = "keep_newest",
+        min_free_bytes: int = 0,
+    ) -> None:
+        self.db = db
+        self.spool = spool
+        self.duplicate_policy = duplicate_policy
+        self.min_free_bytes = min_free_bytes
+
+    def read_header(self, path: Path) -> Dataset:
+        """Parse everything but the pixel data; unparseable input → 0xC000."""
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            # Touch every element now so a bad value fails here, not later in routing.
+            for elem in ds.iterall():
+                _ = elem.value
+        except Exception as exc:  # pydicom raises many types for broken input
+            raise InvalidDatasetError(f"cannot parse data set: {type(exc).__name__}: {exc}") from None
+        return ds
+
+    def validate(self, ds: Dataset, context_sop_class: str, command_sop_instance: str | None) -> None:
+        """Check the identifying UIDs and the SOP class against the presentation context."""
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            value = ds.get(keyword)
+            if value in (None, ""):
+                raise InvalidDatasetError(f"missing {keyword}")
+            if not valid_uid(str(value)):
+                raise InvalidUIDError(f"invalid {keyword} {str(value)[:80]!r} (PS3.5 §9.1)")
+        if str(ds.SOPClassUID) != context_sop_class:
+            raise SOPClassMismatchError(
+                f"data set SOP Class {ds.SOPClassUID} differs from the context's {context_sop_class}"
+            )
+        if command_sop_instance and str(ds.SOPInstanceUID) != command_sop_instance:
+            raise SOPClassMismatchError(
+                f"data set SOP Instance UID differs from the request's {command_sop_instance}"
+            )
+
+    def ingest(
+        self,
+        tmp_path: Path,
+        sha256: str,
+        size: int,
+        *,
+        context_sop_class: str,
+        transfer_syntax: str,
+        calling_ae: str = "",
+        command_sop_instance: str | None = None,
+        is_result: bool = False,
+    ) -> Ingested:
+        """Validate, place and index one received instance (see module docstring)."""
+        ds = self.read_header(tmp_path)
+        self.validate(ds, context_sop_class, command_sop_instance)
+        sop_uid = str(ds.SOPInstanceUID)
+        study_uid = str(ds.StudyInstanceUID)
+        series_uid = str(ds.SeriesInstanceUID)
+
+        try:
+            with self.db.session() as session:
+                existing = find_instance(session, sop_uid)
+                if existing is not None and existing.sha256 == sha256:
+                    return Ingested(sop_uid, study_uid, existing.path, duplicate=True)
+                if existing is not None and self.duplicate_policy == "reject":
+                    raise DuplicateConflictError(
+                        f"SOP Instance UID already stored with other content (policy: reject)"
+                    )
+        except SQLAlchemyError as exc:
+            raise OutOfResourcesError(f"index unavailable: {exc.__class__.__name__}") from None
+
+        if self.min_free_bytes and self.spool.free_bytes() < self.min_free_bytes:
+            raise OutOfResourcesError("spool below its free-space reserve")
+        relative = self.spool.relative_path(study_uid, series_uid, sop_uid, sha256)
+        try:
+            self.spool.place(tmp_path, relative)
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                raise OutOfResourcesError(f"spool full or unwritable: {exc.strerror}") from None
+            raise OutOfResourcesError(f"cannot write spool: {exc}") from None
+
+        try:
+            replaced_path = self._index(ds, relative, sha256, size, transfer_syntax, calling_ae, is_result)
+        except (SQLAlchemyError, OSError) as exc:
+            # The file is in place but not indexed: remove it unless an identical
+            # earlier copy (same path) is what the index already points to.
+            self._remove_unindexed(sop_uid, relative)
+            reason = "database locked" if isinstance(exc, OperationalError) else type(exc).__name__
+            raise OutOfResourcesError(f"index write failed: {reason}") from None
+        if replaced_path and replaced_path != relative:
+            self.spool.remove(replaced_path)
+        return Ingested(sop_uid, study_uid, relative, replaced=replaced_path is not None)
+
+    # -- index ----------------------------------------------------------------
+    def _index(
+        self, ds: Dataset, relative: str, sha256: str, size: int, transfer_syntax: str,
+        calling_ae: str, is_result: bool,
+    ) -> str | None:
+        now = utcnow()
+        with self.db.write() as session:
+            patient, _ = get_or_create(
+                session, Patient,
+                {"patient_id": _text(ds, "PatientID"),
+                 "issuer_of_patient_id": _text(ds, "IssuerOfPatientID")},
+                {"patient_name": _text(ds, "PatientName", 324),
+                 "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                 "patient_sex": _text(ds, "PatientSex", 16)},
+            )
+            study, _ = get_or_create(
+                session, Study, {"study_instance_uid": str(ds.StudyInstanceUID)},
+                {"patient_fk": patient.id, "study_date": _text(ds, "StudyDate", 8),
+                 "study_time": _text(ds, "StudyTime", 16),
+                 "accession_number": _text(ds, "AccessionNumber", 16),
+                 "study_description": _text(ds, "StudyDescription"),
+                 "first_received_at": now, "last_received_at": now,
+                 "last_series_added_at": now},
+            )
+            series, series_created = get_or_create(
+                session, Series, {"series_instance_uid": str(ds.SeriesInstanceUID)},
+                {"study_fk": study.id, "modality": _text(ds, "Modality", 16),
+                 "series_number": _int(ds, "SeriesNumber"),
+                 "series_description": _text(ds, "SeriesDescription"),
+                 "body_part_examined": _text(ds, "BodyPartExamined", 16),
+                 "image_type": _text(ds, "ImageType", 256),
+                 "view_position": _text(ds, "ViewPosition", 16),
+                 "image_laterality": _text(ds, "ImageLaterality", 16),
+                 "positioner_primary_angle": _float(ds, "PositionerPrimaryAngle"),
+                 "positioner_secondary_angle": _float(ds, "PositionerSecondaryAngle"),
+                 "image_orientation_patient": _text(ds, "ImageOrientationPatient", 128),
+                 "calling_ae": calling_ae[:16],
+                 "expected_instances": _int(ds, "NumberOfSeriesRelatedInstances"),
+                 "is_result": is_result, "first_received_at": now, "last_received_at": now},
+            )
+            series.last_received_at = now
+            if series.state != "open":
+                series.state = "open"
+                series.completed_at = None
+            touch_study(study, new_series=series_created, now=now)
+
+            attributes = {kw: _plain(ds.get(kw)) for kw in EXTRA_KEYWORDS if ds.get(kw) not in (None, "")}
+            values = {
+                "series_fk": series.id,
+                "sop_class_uid": str(ds.SOPClassUID),
+                "transfer_syntax_uid": transfer_syntax,
+                "instance_number": _int(ds, "InstanceNumber"),
+                "number_of_frames": _int(ds, "NumberOfFrames") or 1,
+                "rows": _int(ds, "Rows"),
+                "columns": _int(ds, "Columns"),
+                "acquisition_datetime": _text(ds, "AcquisitionDateTime", 32),
+                "calling_ae": calling_ae[:16],
+                "received_at": now,
+                "path": relative,
+                "size": size,
+                "sha256": sha256,
+                "attributes": attributes,
+            }
+            existing = find_instance(session, str(ds.SOPInstanceUID))
+            if existing is None:
+                session.add(Instance(sop_instance_uid=str(ds.SOPInstanceUID), **values))
+                return None
+            old_path = existing.path
+            for key, value in values.items():
+                setattr(existing, key, value)
+            logger.warning("replaced instance with other content (policy keep_newest)")
+            return old_path
+
+    def _remove_unindexed(self, sop_uid: str, relative: str) -> None:
+        try:
+            with self.db.session() as session:
+                row = find_instance(session, sop_uid)
+                if row is not None and row.path == relative:
+                    return
+        except SQLAlchemyError:
+            pass  # index unreachable: the file is not referenced by anything we can see
+        try:
+            self.spool.remove(relative)
+        except OSError:
+            logger.error("could not remove unindexed spool file %s", relative)
