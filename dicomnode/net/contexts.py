@@ -3,6 +3,7 @@ pynetdicom knows with every transfer syntax it knows (data is stored as received
 so compressed syntaxes need no codec on the receive path)."""
 from __future__ import annotations
 
+from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
@@ -11,9 +12,26 @@ from pynetdicom.sop_class import Verification
 VERIFICATION_UID = str(Verification)
 
 
+def preferred_transfer_syntaxes() -> list[str]:
+    """All known transfer syntaxes, encapsulated (compressed) ones first.
+
+    pynetdicom chooses, per presentation context, the first syntax of *our* list
+    that the requestor proposed.  Senders propose an encapsulated syntax only for
+    data they already hold that way, usually with uncompressed fallbacks in the
+    same context (dcmtk storescu does).  Preferring the uncompressed fallback would
+    make the sender decompress (storescu without a codec then fails: "unable to
+    convert dataset from 'JPEG Baseline'") and we would not store what was sent.
+    """
+    syntaxes = [UID(ts) for ts in ALL_TRANSFER_SYNTAXES]
+    encapsulated = [ts for ts in syntaxes if ts.is_encapsulated]
+    native = [ts for ts in syntaxes if not ts.is_encapsulated]
+    return [str(ts) for ts in encapsulated + native]
+
+
 def storage_contexts() -> list[PresentationContext]:
     """One context per storage SOP class, each offering all known transfer syntaxes."""
-    return [build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
+    syntaxes = preferred_transfer_syntaxes()
+    return [build_context(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
 
 
 def storage_sop_classes() -> list[str]:

@@ -42,6 +42,33 @@ def _safe(text: Any, limit: int = 80) -> str:
     return repr(str(text)[:limit])
 
 
+class _QuickAckSocket:
+    """A socket proxy that re-arms TCP_QUICKACK after every receive."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._rearm()
+
+    def _rearm(self) -> None:
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)  # type: ignore[arg-type]
+        except OSError:
+            pass
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = self._sock.recv(bufsize, flags)
+        self._rearm()
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        n = self._sock.recv_into(buffer, nbytes, flags)
+        self._rearm()
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class _AllowlistAE(AE):
     """An AE whose calling-AE allowlist may also pin the peer's IP (``AE@10.0.0.5``).
 
@@ -128,7 +155,6 @@ class Receiver:
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_CONN_OPEN, self.handle_conn_open),
-            (evt.EVT_PDU_RECV, self.handle_pdu_recv),
             (evt.EVT_CONN_CLOSE, self.handle_conn_close),
             (evt.EVT_REJECTED, self.handle_rejected),
         ]
@@ -181,30 +207,23 @@ class Receiver:
         return status.SUCCESS
 
     def handle_conn_open(self, event: evt.Event) -> None:
-        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        transport = event.assoc.dul.socket
+        sock = transport.socket if transport else None
         if sock is None:
             return
         try:
-            # Our responses go out at once, and (below) our ACKs too: a sender with
-            # Nagle on (Debian's storescu) otherwise waits for our delayed ACK, 40 ms
-            # per instance.
+            # Our responses go out at once (no Nagle on our side) ...
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if TCP_QUICKACK is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
         except OSError:
             pass
+        if TCP_QUICKACK is not None:
+            # ... and so do our ACKs.  A sender with Nagle on (Debian's storescu as
+            # shipped) holds each PDU until the previous one is ACKed; on loopback
+            # (MSS ~64 kB) every PDU is such a "small" segment, and Linux delays our
+            # ACK by 40 ms.  Quick-ACK mode lapses after a few segments, so it is
+            # re-armed after every recv().
+            transport.socket = _QuickAckSocket(sock)
         self._stats[id(event.assoc)] = Counter()
-
-    def handle_pdu_recv(self, event: evt.Event) -> None:
-        # Linux drops quick-ACK mode after a while; re-arm it after each PDU.
-        if TCP_QUICKACK is None:
-            return
-        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
-            except OSError:
-                pass
 
     def handle_rejected(self, event: evt.Event) -> None:
         req = event.assoc.requestor
