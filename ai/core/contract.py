@@ -277,3 +277,110 @@ class AIModule(abc.ABC):
     @abc.abstractmethod
     def metrics(self, predictions: Sequence[Any], truth: Sequence[Any]) -> dict[str, Any]:
         """The metrics the method's paper reports."""
+
+    # -- training and evaluation hooks (used by ``train/``; none is needed by the node) --
+    #
+    # A *sample* is whatever :meth:`synthetic` and :meth:`load` yield.  Training turns
+    # samples into dicts of tensors (:meth:`transform`), batches them with MONAI's
+    # ``DataLoader``, runs :meth:`forward` and :meth:`loss`; evaluation runs
+    # :meth:`infer` (:meth:`forward` + :meth:`decode`) and compares with
+    # :meth:`truth` through :meth:`metrics`.  ``train/loop.py`` documents the flow.
+
+    def default_config(self) -> dict[str, Any]:
+        """Network, preprocessing and training configuration of a new model.
+
+        Returns
+        -------
+        dict
+            JSON-serialisable; by convention with keys ``"network"``,
+            ``"preprocessing"`` and ``"training"`` (``epochs``, ``batch_size``, ``lr``,
+            ``weight_decay``, ``cache_rate``, ``train_n``).  The config is stored in
+            the model version's ``metadata.json`` and handed back to :meth:`network`,
+            :meth:`transform` and :meth:`decode` when the version is loaded.
+        """
+        return {}
+
+    def transform(self, config: Mapping[str, Any], *, train: bool) -> Any:
+        """A callable turning one sample into a dict of tensors for the network.
+
+        The dict holds the network input(s) (``"image"`` by default) and, when the
+        sample has ground truth, the targets :meth:`loss` reads.  ``train`` selects
+        random augmentation; with ``train=False`` the result must be deterministic.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support training")
+
+    def dataset(
+        self, samples: Sequence[Any], config: Mapping[str, Any], *, train: bool
+    ) -> torch.utils.data.Dataset[Any]:
+        """A MONAI dataset over ``samples``; cached when ``training.cache_rate`` > 0.
+
+        Modules whose transform is random (augmentation) or whose items are large
+        override this or set ``cache_rate`` to 0.
+        """
+        from monai.data import CacheDataset, Dataset
+
+        fn = self.transform(config, train=train)
+        rate = float(config.get("training", {}).get("cache_rate", 1.0))
+        if rate <= 0:
+            return Dataset(data=list(samples), transform=fn)
+        return CacheDataset(
+            data=list(samples), transform=fn, cache_rate=rate, num_workers=0, progress=False
+        )
+
+    def forward(self, network: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
+        """Run ``network`` on a collated batch (default: ``network(batch["image"])``)."""
+        return network(batch["image"])
+
+    def loss(
+        self, outputs: Any, batch: Mapping[str, Any], config: Mapping[str, Any]
+    ) -> torch.Tensor:
+        """The scalar training loss of one batch."""
+        raise NotImplementedError(f"{type(self).__name__} does not support training")
+
+    def decode(self, outputs: Any, config: Mapping[str, Any]) -> list[Any]:
+        """Per-sample predictions (plain Python / numpy) from one batch of outputs.
+
+        The predictions are what :meth:`metrics` takes as ``predictions``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support evaluation")
+
+    def truth(self, sample: Any) -> Any:
+        """The ground truth of one sample, as :meth:`metrics` takes it."""
+        raise NotImplementedError(f"{type(self).__name__} does not support evaluation")
+
+    def infer(
+        self, model: LoadedModel, samples: Sequence[Any], batch_size: int = 16
+    ) -> list[Any]:
+        """Batch inference over samples (evaluation); one prediction per sample, in order."""
+        import torch
+        from monai.data import DataLoader
+
+        ds = self.dataset(samples, {**model.config, "training": {"cache_rate": 0}}, train=False)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+        predictions: list[Any] = []
+        with torch.inference_mode():
+            for batch in loader:
+                batch = {
+                    k: v.to(model.device) if isinstance(v, torch.Tensor) else v
+                    for k, v in batch.items()
+                }
+                predictions.extend(self.decode(self.forward(model.network, batch), model.config))
+        return predictions
+
+    def write_dicom(self, samples: Sequence[Any], out_dir: Path) -> list[Path]:
+        """Write synthetic samples as DICOM files a user can push (``dicomnode synth``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write DICOM")
+
+    def benchmark_samples(self, n: int, seed: int) -> Sequence[Any]:
+        """Samples at the size the spec's CPU timing target names (default: :meth:`synthetic`).
+
+        ``dicomnode evaluate`` writes them with :meth:`write_dicom` and times
+        :meth:`select` + :meth:`predict` on the files: reading and preprocessing included.
+        """
+        return self.synthetic(n, seed)
+
+    def bundled_model_path(self) -> Path:
+        """The directory of the bundled model version (``ai/<module>/model``)."""
+        import sys
+
+        return Path(sys.modules[type(self).__module__].__file__ or ".").parent / "model"

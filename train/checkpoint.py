@@ -1,0 +1,89 @@
+"""Resumable training checkpoints.
+
+A checkpoint (``<dir>/last.pt``) holds the network, optimiser and scheduler state,
+the epoch just finished and the RNG states, plus a fingerprint of the run (module,
+config, seed, data description).  :func:`load_checkpoint` only resumes a run with
+the same fingerprint, so changing ``--epochs`` continues a run while changing the
+data or the network starts afresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "last.pt"
+
+
+def fingerprint(module: str, config: Mapping[str, Any], seed: int, data: Mapping[str, Any]) -> str:
+    """Hash of what must match for a checkpoint to be resumed (epochs excluded)."""
+    cfg = {k: v for k, v in config.items() if k != "training"}
+    training = {k: v for k, v in dict(config.get("training", {})).items() if k != "epochs"}
+    blob = json.dumps([module, cfg, training, seed, dict(data)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def save_checkpoint(
+    directory: Path, *, epoch: int, fingerprint: str, network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, scheduler: Any | None, history: list[dict[str, Any]],
+) -> Path:
+    """Write ``last.pt`` atomically (temporary file, then rename)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "epoch": epoch,
+        "fingerprint": fingerprint,
+        "network": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "history": history,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        },
+    }
+    path = directory / CHECKPOINT_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(
+    directory: Path, *, fingerprint: str, network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, scheduler: Any | None,
+) -> tuple[int, list[dict[str, Any]]] | None:
+    """Restore the state in ``directory`` if it belongs to this run.
+
+    Returns
+    -------
+    (epoch, history) or None
+        The last finished epoch (1-based) and the per-epoch history, or None when
+        there is no checkpoint or it belongs to another run.
+    """
+    path = directory / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    # Our own file, written by save_checkpoint; it holds RNG tuples, not only tensors.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        logger.warning("checkpoint %s belongs to another run; starting afresh", path)
+        return None
+    network.load_state_dict(state["network"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    return int(state["epoch"]), list(state.get("history", []))
