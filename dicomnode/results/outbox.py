@@ -1,0 +1,372 @@
+"""The outbox: C-STORE every pending Delivery, retry with capped backoff, survive restarts.
+
+All state is in the ``delivery`` table, so a restarted node simply carries on:
+
+``pending`` → (C-STORE 0x0000, or warning 0xB000/0xB006/0xB007) → ``delivered``
+``pending`` → (other status, association or network failure) → ``pending`` with
+``attempts + 1`` and ``next_attempt_at = now + backoff[attempts - 1]`` (the list
+``delivery.retry_backoff_seconds``, its last value repeated), or ``failed`` once
+``delivery.max_attempts`` (0 = never) is reached.
+
+:func:`deliver_due` (the scheduler calls it every few seconds) takes the due rows in
+creation order, groups them by destination, and sends each group over one
+association.  It first *claims* the rows (``next_attempt_at`` moved a lease ahead)
+in its own transaction, so two overlapping calls or two nodes never send the same
+row; a crash mid-send only delays those rows by the lease.
+
+Order per destination is kept across outages: when the association cannot be
+made, every row of that destination waits for the same next attempt, so a PACS
+that comes back gets everything in the order it was produced.  A single object
+the PACS refuses (say 0xA700) is retried on its own schedule without holding back
+the others.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+
+from dicomnode.config import Destination, Settings
+from dicomnode.net import status as st
+from dicomnode.net.scu import AssociationFailed, Link, StoreOutcome, send_files
+from dicomnode.results.store import DELIVERED, FAILED, PENDING
+from dicomnode.storage.db import Database
+from dicomnode.storage.models import Delivery, Result, utcnow
+
+logger = logging.getLogger(__name__)
+
+#: How long a claimed row stays invisible to other senders (a crash delays it this much).
+CLAIM_SECONDS = 300.0
+#: Rows sent per association at most; the rest waits for the next call.
+BATCH = 500
+
+
+@dataclass
+class DeliveryReport:
+    """What one :func:`deliver_due` call did."""
+
+    delivered: int = 0
+    warnings: int = 0
+    retrying: int = 0
+    failed: int = 0
+    by_destination: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def _count(self, destination: str, key: str) -> None:
+        setattr(self, key, getattr(self, key) + 1)
+        per = self.by_destination.setdefault(destination, {})
+        per[key] = per.get(key, 0) + 1
+
+
+def backoff_seconds(settings: Settings, attempts: int) -> float:
+    """Delay after the ``attempts``-th failed attempt (1-based), capped at the last value."""
+    schedule = settings.delivery.retry_backoff_seconds or [60.0]
+    return float(schedule[min(max(attempts, 1), len(schedule)) - 1])
+
+
+@dataclass(frozen=True)
+class _Due:
+    delivery_id: int
+    destination: str
+    path: str
+    sop_instance_uid: str
+    kind: str
+    attempts: int
+
+
+def _claim(db: Database, now: dt.datetime) -> list[_Due]:
+    """Take the due rows (creation order) and push their next attempt a lease ahead."""
+    lease = now + dt.timedelta(seconds=CLAIM_SECONDS)
+    with db.write() as session:
+        stmt = (
+            select(Delivery.id, Delivery.destination, Result.path, Result.sop_instance_uid,
+                   Result.kind, Delivery.attempts)
+            .join(Result, Result.id == Delivery.result_fk)
+            .where(Delivery.state == PENDING,
+                   or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
+            .order_by(Delivery.created_at, Delivery.id)
+            .limit(BATCH)
+        )
+        if not db.is_sqlite:
+            stmt = stmt.with_for_update(of=Delivery, skip_locked=True)
+        rows = [_Due(*row) for row in session.execute(stmt).all()]
+        if rows:
+            session.execute(update(Delivery).where(Delivery.id.in_([r.delivery_id for r in rows]))
+                            .values(next_attempt_at=lease))
+    return rows
+
+
+def _record(db: Database, settings: Settings, due: _Due, outcome: StoreOutcome | None,
+            error: str, now: dt.datetime, report: DeliveryReport) -> None:
+    """Write one attempt's result to its row (its own short transaction)."""
+    status = outcome.status if outcome is not None else None
+    with db.write() as session:
+        row = session.get(Delivery, due.delivery_id)
+        if row is None:  # deleted by retention meanwhile
+            return
+        row.last_status = status
+        if outcome is not None and outcome.delivered:
+            row.state = DELIVERED
+            row.delivered_at = now
+            row.next_attempt_at = None
+            row.last_error = ""
+            row.attempts = due.attempts + 1
+            if status != st.SUCCESS:
+                logger.warning("delivered %s %s to %s with %s", due.kind, due.sop_instance_uid,
+                               due.destination, st.describe(status or 0))
+                report._count(due.destination, "warnings")
+            report._count(due.destination, "delivered")
+            return
+        attempts = due.attempts + 1
+        row.attempts = attempts
+        row.last_error = (error or (outcome.describe() if outcome else "not sent"))[:2000]
+        limit = settings.delivery.max_attempts
+        if limit and attempts >= limit:
+            row.state = FAILED
+            row.next_attempt_at = None
+            logger.error("delivery of %s %s to %s failed for good after %d attempts: %s",
+                         due.kind, due.sop_instance_uid, due.destination, attempts, row.last_error)
+            report._count(due.destination, "failed")
+            return
+        delay = backoff_seconds(settings, attempts)
+        row.next_attempt_at = now + dt.timedelta(seconds=delay)
+        logger.warning(
+            "delivery of %s %s to %s failed (attempt %d): %s; next attempt at %s (in %g s)",
+            due.kind, due.sop_instance_uid, due.destination, attempts, row.last_error,
+            row.next_attempt_at.isoformat(timespec="seconds"), delay,
+        )
+        report._count(due.destination, "retrying")
+
+
+def _destination(settings: Settings, name: str) -> Destination | None:
+    for dest in settings.destinations:
+        if dest.name == name:
+            return dest
+    return None
+
+
+def deliver_due(
+    db: Database, settings: Settings, spool_root: Path, now: dt.datetime | None = None,
+) -> DeliveryReport:
+    """Send every due pending Delivery; one association per destination, creation order.
+
+    Parameters
+    ----------
+    db : Database
+        The index (all outbox state lives there).
+    settings : Settings
+        ``destinations``, ``delivery`` (backoff, max attempts), ``node`` (AE title,
+        timeouts) and ``tls``.
+    spool_root : Path
+        The spool directory the Result paths are relative to.
+    now : datetime, optional
+        Naive UTC "now" (tests pass it to step through the backoff schedule).
+
+    Returns
+    -------
+    DeliveryReport
+        Counts of this call.
+    """
+    now = now or utcnow()
+    report = DeliveryReport()
+    due = _claim(db, now)
+    if not due:
+        return report
+    groups: dict[str, list[_Due]] = {}
+    for row in due:
+        groups.setdefault(row.destination, []).append(row)
+    link = Link.from_settings(settings)
+    for name, rows in groups.items():
+        dest = _destination(settings, name)
+        if dest is None:
+            for row in rows:
+                _record(db, settings, row, None, f"no destination named {name!r} in the configuration",
+                        now, report)
+            continue
+        _send_group(db, settings, dest, rows, Path(spool_root), link, now, report)
+    return report
+
+
+def _send_group(db: Database, settings: Settings, dest: Destination, rows: list[_Due],
+                spool_root: Path, link: Link, now: dt.datetime, report: DeliveryReport) -> None:
+    present = [r for r in rows if (spool_root / r.path).is_file()]
+    for row in rows:
+        if row not in present:
+            _record(db, settings, row, None, f"spool file {row.path} is missing", now, report)
+    if not present:
+        return
+    recorded: set[int] = set()
+    delivered: list[_Due] = []
+    try:
+        outcomes = send_files(dest, [spool_root / r.path for r in present], link)
+        for row, outcome in zip(present, outcomes, strict=False):
+            _record(db, settings, row, outcome, "", now, report)
+            recorded.add(row.delivery_id)
+            if outcome.delivered:
+                delivered.append(row)
+    except AssociationFailed as exc:
+        # No association: every row of the group waits for the same next attempt,
+        # which keeps the destination's order when it comes back.
+        for row in present:
+            if row.delivery_id not in recorded:
+                _record(db, settings, row, None, str(exc), now, report)
+        return
+    if dest.storage_commitment and delivered:
+        _request_commitment(db, settings, dest, delivered, link, now)
+
+
+def _request_commitment(db: Database, settings: Settings, dest: Destination, rows: list[_Due],
+                        link: Link, now: dt.datetime) -> None:
+    """Ask the destination to commit to what it just accepted (PS3.4 Annex J)."""
+    from dicomnode.net.scu import request_commitment
+    from dicomnode.results.uids import derive_uid
+
+    with db.session() as session:
+        refs = [(str(c), str(u)) for c, u in session.execute(
+            select(Result.sop_class_uid, Result.sop_instance_uid)
+            .join(Delivery, Delivery.result_fk == Result.id)
+            .where(Delivery.id.in_([r.delivery_id for r in rows])))]
+    transaction = derive_uid(settings.node.uid_root, "commitment", dest.name,
+                             ",".join(str(r.delivery_id) for r in rows), now.isoformat())
+    try:
+        code = request_commitment(dest, transaction, refs, link)
+    except AssociationFailed as exc:
+        logger.warning("storage commitment request to %s failed: %s", dest.name, exc)
+        return
+    if code != st.SUCCESS:
+        logger.warning("storage commitment request to %s answered %s", dest.name, st.describe(code))
+    else:
+        logger.info("storage commitment requested from %s for %d objects (transaction %s)",
+                    dest.name, len(refs), transaction)
+
+
+def record_commitment(db: Database, settings: Settings, calling_ae: str, committed: Sequence[str],
+                      failed: Sequence[str], now: dt.datetime | None = None) -> int:
+    """Set ``committed_at`` on the deliveries a destination's N-EVENT-REPORT confirms.
+
+    Failed references go back to ``pending`` (the PACS lost them: send again).
+    Returns the number of rows confirmed.
+    """
+    now = now or utcnow()
+    names = [d.name for d in settings.destinations if d.aetitle == calling_ae.strip()]
+    if not names:
+        logger.warning("storage commitment report from unknown AE %r ignored", calling_ae)
+        return 0
+    with db.write() as session:
+        base = (select(Delivery).join(Result, Result.id == Delivery.result_fk)
+                .where(Delivery.destination.in_(names)))
+        confirmed = list(session.scalars(base.where(Result.sop_instance_uid.in_(list(committed)))))
+        for row in confirmed:
+            row.committed_at = now
+        for row in session.scalars(base.where(Result.sop_instance_uid.in_(list(failed)))):
+            row.state, row.next_attempt_at = PENDING, now
+            row.last_error = "storage commitment failed: sending again"
+    return len(confirmed)
+
+
+# ---------------------------------------------------------------------------
+# What is pending, and why (dicomnode status, dicomnode jobs show)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """One undelivered (or failed) Delivery with the reason and the next attempt."""
+
+    delivery_id: int
+    destination: str
+    kind: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    job_id: int | None
+    state: str
+    attempts: int
+    last_status: int | None
+    last_error: str
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+
+    def reason(self) -> str:
+        """Human-readable: why it is not delivered yet."""
+        if self.attempts == 0:
+            return "queued, not tried yet"
+        status = f"{st.describe(self.last_status)}: " if self.last_status is not None else ""
+        return f"{status}{self.last_error}".strip()
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for key in ("created_at", "next_attempt_at"):
+            value = out[key]
+            out[key] = value.isoformat() if value is not None else None
+        out["reason"] = self.reason()
+        return out
+
+
+@dataclass(frozen=True)
+class DestinationSummary:
+    """Per destination: how many wait, the oldest, the next attempt, the last reason."""
+
+    destination: str
+    pending: int
+    failed: int
+    delivered: int
+    uncommitted: int
+    oldest_pending_at: dt.datetime | None
+    next_attempt_at: dt.datetime | None
+    last_error: str
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for key in ("oldest_pending_at", "next_attempt_at"):
+            value = out[key]
+            out[key] = value.isoformat() if value is not None else None
+        return out
+
+
+def pending_deliveries(db: Database, *, job_id: int | None = None,
+                       study_instance_uid: str | None = None, limit: int = 200) -> list[PendingDelivery]:
+    """Deliveries not yet delivered (pending or failed), oldest first."""
+    stmt = (
+        select(Delivery, Result).join(Result, Result.id == Delivery.result_fk)
+        .where(Delivery.state != DELIVERED).order_by(Delivery.created_at, Delivery.id).limit(limit)
+    )
+    if job_id is not None:
+        stmt = stmt.where(Result.job_fk == job_id)
+    if study_instance_uid is not None:
+        stmt = stmt.where(Result.study_instance_uid == study_instance_uid)
+    with db.session() as session:
+        return [
+            PendingDelivery(d.id, d.destination, r.kind, r.sop_instance_uid, r.study_instance_uid,
+                            r.job_fk, d.state, d.attempts, d.last_status, d.last_error, d.created_at,
+                            d.next_attempt_at)
+            for d, r in session.execute(stmt).all()
+        ]
+
+
+def pending_summary(db: Database) -> list[DestinationSummary]:
+    """One line per destination for ``dicomnode status``."""
+    out = []
+    with db.session() as session:
+        names = list(session.scalars(select(Delivery.destination).distinct().order_by(Delivery.destination)))
+        for name in names:
+            counts = dict(session.execute(
+                select(Delivery.state, func.count()).where(Delivery.destination == name)
+                .group_by(Delivery.state)).all())
+            pending = and_(Delivery.destination == name, Delivery.state == PENDING)
+            oldest, next_at = session.execute(
+                select(func.min(Delivery.created_at), func.min(Delivery.next_attempt_at))
+                .where(pending)).one()
+            last_error = session.scalars(
+                select(Delivery.last_error).where(pending, Delivery.last_error != "")
+                .order_by(Delivery.next_attempt_at.desc()).limit(1)).first() or ""
+            uncommitted = session.scalar(select(func.count()).where(
+                Delivery.destination == name, Delivery.state == DELIVERED,
+                Delivery.committed_at.is_(None))) or 0
+            out.append(DestinationSummary(
+                name, counts.get(PENDING, 0), counts.get(FAILED, 0), counts.get(DELIVERED, 0),
+                uncommitted, oldest, next_at, last_error))
+    return out

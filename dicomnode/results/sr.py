@@ -1,0 +1,453 @@
+"""TID 1500 Imaging Measurement Reports from a module's findings (highdicom).
+
+One document per result type (results-notes §1.2): image-level findings become
+TID 1501 groups in one SR, point landmarks TID 1410 SCOORD POINT groups in another,
+because PixelMed's validator checks every group of a container as TID 1410 when
+exactly one SCOORD group sits beside 1501 groups (E4).
+
+Per finding, one measurement group::
+
+    Tracking Identifier (readable text, viewers show it) + Tracking Unique Identifier
+    Finding [+ Finding Site]
+    Algorithm Name / Version / Parameters ("sha256=…")           TID 4019
+    NUM Certainty of Finding (%)          └ INFERRED FROM IMAGE (source, frames)
+    NUM per measurement (UCUM)            └ INFERRED FROM IMAGE [└ HAS PROPERTIES certainty]
+    CODE per evaluation                   [└ HAS PROPERTIES NUM certainty]
+    1501: IMAGE Source of Measurement (frames)   1410: SCOORD POINT └ SELECTED FROM IMAGE
+
+The group's Certainty of Finding is :attr:`Finding.confidence`, or the confidence of
+its one confident evaluation or measurement.  When several evaluations carry their
+own (a multi-label disc), each CODE item gets a HAS PROPERTIES NUM certainty child
+(PixelMed 2022 only warns: the evaluation rows are not in its templates anyway, W2).
+A NUM cannot carry one: TID 300 allows only INFERRED FROM NUM children and PixelMed
+reports HAS PROPERTIES there as an error, so a finding whose measurements carry
+confidences has at most one confident item; a module with a confidence per number
+(the three keyframes) reports one :class:`Finding` per number.  :func:`build_sr`
+raises rather than drop a confidence.  :func:`read_findings` reads all of it back.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
+
+from ai.core.contract import (
+    Evaluation,
+    Finding,
+    Findings,
+    ImageReference,
+    Measurement,
+    Point,
+)
+from dicomnode.results.codes import code_of, codes, coding_scheme_items, concept, private_schemes_in
+from dicomnode.results.sources import SourceIndex, library_entry
+
+#: The two SR storage classes the node writes; Comprehensive SR (88.33) by default,
+#: because Stone Web Viewer draws overlays only for it (results-notes §1.1).
+SR_SOP_CLASSES = {
+    "comprehensive": ComprehensiveSRStorage,
+    "comprehensive3d": Comprehensive3DSRStorage,
+}
+
+_SR_CLASSES: dict[str, type[hd.sr.ComprehensiveSR] | type[hd.sr.Comprehensive3DSR]] = {
+    ComprehensiveSRStorage: hd.sr.ComprehensiveSR,
+    Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR,
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """The node as the SR's observer (TID 1004) and as the objects' equipment."""
+
+    uid: str
+    name: str
+    manufacturer: str = "dicomnode"
+    model_name: str = "dicomnode"
+    software_version: str = ""
+
+
+@dataclass(frozen=True)
+class SRParams:
+    """Where one SR document goes and what it supersedes."""
+
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    tracking_uids: Sequence[str]
+    sop_class_uid: str = ComprehensiveSRStorage
+    series_description: str = ""
+    predecessors: Sequence[Dataset] = ()
+
+
+def _percent(confidence: float) -> float:
+    if not 0.0 <= confidence <= 1.0:
+        raise ValueError(f"confidence {confidence} outside [0, 1]")
+    return round(confidence * 100.0, 3)
+
+
+def _certainty(value: float, refs: Sequence[ImageReference]) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=concept(codes.CERTAINTY_OF_FINDING),
+        value=_percent(value),
+        unit=concept(codes.PERCENT),
+        referenced_images=[_measurement_source(r, r.frame_numbers) for r in refs],
+    )
+
+
+def _measurement_source(ref: ImageReference, frames: Sequence[int]) -> hd.sr.SourceImageForMeasurement:
+    return hd.sr.SourceImageForMeasurement(
+        ref.sop_class_uid, ref.sop_instance_uid, list(frames) or None
+    )
+
+
+def _item_certainty(value: float) -> Dataset:
+    """A HAS PROPERTIES NUM Certainty of Finding child for one evaluation."""
+    return hd.sr.NumContentItem(
+        name=concept(codes.CERTAINTY_OF_FINDING),
+        value=_percent(value),
+        unit=concept(codes.PERCENT),
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+    )
+
+
+def _attach(item: Dataset, child: Dataset) -> None:
+    if "ContentSequence" not in item:
+        item.ContentSequence = hd.sr.ContentSequence()
+    item.ContentSequence.append(child)
+
+
+def _group_confidence(finding: Finding) -> tuple[float | None, bool]:
+    """The group's certainty, and whether evaluations keep their own confidences."""
+    confident = [c for c in (*(e.confidence for e in finding.evaluations),
+                             *(m.confidence for m in finding.measurements)) if c is not None]
+    if finding.confidence is None and len(confident) == 1:
+        return confident[0], False
+    if confident and any(m.confidence is not None for m in finding.measurements):
+        raise ValueError(
+            f"finding {finding.tracking_id!r}: a measurement's confidence can only be the "
+            "group's Certainty of Finding (TID 300 has no place for it): give such a "
+            "measurement its own Finding, or set only Finding.confidence"
+        )
+    return finding.confidence, bool(confident)
+
+
+def _measurements(finding: Finding) -> list[hd.sr.Measurement]:
+    out = []
+    confidence, _ = _group_confidence(finding)
+    if confidence is not None:
+        out.append(_certainty(confidence, finding.references))
+    for m in finding.measurements:
+        # Every NUM gets an INFERRED FROM image: OHIF before PR #5703 reads each NUM's
+        # ContentSequence without a check (results-notes §5).  A measurement read off
+        # given frames points at those; otherwise at the whole source instance.
+        num = hd.sr.Measurement(
+            name=concept(m.concept),
+            value=m.value,
+            unit=concept(m.unit),
+            referenced_images=[_measurement_source(r, m.frame_numbers) for r in finding.references],
+        )
+        out.append(num)
+    return out
+
+
+def _evaluations(finding: Finding, per_item: bool) -> list[hd.sr.QualitativeEvaluation]:
+    out = []
+    for e in finding.evaluations:
+        code_item = hd.sr.QualitativeEvaluation(concept(e.concept), concept(e.value))
+        if per_item and e.confidence is not None:
+            _attach(code_item[0], _item_certainty(e.confidence))
+        out.append(code_item)
+    return out
+
+
+def _group(
+    finding: Finding, findings: Findings, tracking_uid: str, sources: SourceIndex,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    if not finding.references:
+        raise ValueError(f"finding {finding.tracking_id!r}: at least one ImageReference is needed")
+    for ref in finding.references:
+        sources.get(ref)
+        for m in finding.measurements:
+            sources.get(ImageReference(ref.sop_instance_uid, ref.sop_class_uid, m.frame_numbers))
+    _, per_item = _group_confidence(finding)
+    common: dict[str, Any] = dict(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=finding.tracking_id),
+        finding_type=concept(finding.finding),
+        finding_sites=[hd.sr.FindingSite(concept(finding.finding_site))] if finding.finding_site else None,
+        # TID 4019 per group (IHE AIR); no manufacturer= (PixelMed 2022 W1).
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name=findings.module,
+            version=findings.model_version,
+            parameters=[f"sha256={findings.model_sha256}"] if findings.model_sha256 else None,
+        ),
+        measurements=_measurements(finding) or None,
+        qualitative_evaluations=_evaluations(finding, per_item) or None,
+    )
+    if finding.point is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(
+                    r.sop_class_uid, r.sop_instance_uid, list(r.frame_numbers) or None)
+                for r in finding.references
+            ],
+            **common,
+        )
+    if len(finding.references) != 1:
+        raise ValueError(
+            f"finding {finding.tracking_id!r}: a point lies on one image, "
+            f"got {len(finding.references)} references"
+        )
+    ref = finding.references[0]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([[finding.point.column, finding.point.row]], dtype=float),
+        source_image=hd.sr.SourceImageForRegion(
+            ref.sop_class_uid, ref.sop_instance_uid, list(ref.frame_numbers) or None),
+    )
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        referenced_region=region, geometric_purpose=concept(codes.CENTER), **common
+    )
+    _recode_region_source(group[0])
+    return group
+
+
+def _recode_region_source(group_item: Dataset) -> None:
+    """Name the SCOORD's source image (111040, DCM, "Original Source").
+
+    highdicom writes (260753009, SCT, "Source"); Stone Web Viewer draws a SCOORD only
+    when its SELECTED FROM image has the DCM concept.  Both validate (results-notes §5).
+    """
+    for item in group_item.ContentSequence:
+        if item.ValueType != "SCOORD":
+            continue
+        for child in item.get("ContentSequence", []):
+            if child.ValueType == "IMAGE":
+                child.ConceptNameCodeSequence = [concept(codes.ORIGINAL_SOURCE)]
+
+
+def build_sr(
+    findings: Findings,
+    selected: Sequence[Finding],
+    sources: SourceIndex,
+    device: Device,
+    params: SRParams,
+) -> Dataset:
+    """One TID 1500 Imaging Measurement Report over ``selected`` findings.
+
+    Parameters
+    ----------
+    findings : Findings
+        The module's output (module, model version and sha256 go into TID 4019).
+    selected : sequence of Finding
+        The findings of this document: all image-level or all with a point.
+    sources : SourceIndex
+        Headers of the job's inputs; the SR joins their study.
+    device : Device
+        The node as observer.
+    params : SRParams
+        UIDs, numbers, SOP class and predecessors.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The SR document (a highdicom ``ComprehensiveSR`` or ``Comprehensive3DSR``).
+    """
+    if not selected:
+        raise ValueError("build_sr: no findings to report")
+    kinds = {f.point is not None for f in selected}
+    if len(kinds) != 1:
+        raise ValueError("build_sr: image-level and point findings go into separate documents")
+    if len(params.tracking_uids) != len(selected):
+        raise ValueError("build_sr: one tracking UID per finding is needed")
+    groups = [_group(f, findings, uid, sources) for f, uid in zip(selected, params.tracking_uids, strict=True)]
+
+    referenced = sources.resolve([r for f in selected for r in f.references])
+    modality = str(referenced[0].get("Modality", ""))
+    observer = hd.sr.ObserverContext(
+        observer_type=concept(codes.DEVICE),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device.uid, name=device.name, manufacturer_name=device.manufacturer,
+            model_name=device.model_name,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        # Exactly one Procedure Reported (PixelMed 2022, E2), from the old∩new CID 100.
+        procedure_reported=concept(codes.PROCEDURE_BY_MODALITY.get(modality, codes.IMAGING_PROCEDURE)),
+        imaging_measurements=groups,
+        title=concept(codes.IMAGING_MEASUREMENT_REPORT),
+        # The Image Library is required by OHIF (it dereferences it unchecked).
+        referenced_images=[library_entry(ds) for ds in referenced],
+    )
+    sr_class = _SR_CLASSES.get(params.sop_class_uid)
+    if sr_class is None:
+        raise ValueError(f"SR SOP Class {params.sop_class_uid} is not one the node writes")
+    probe = Dataset()
+    probe.ContentSequence = report[0].ContentSequence
+    schemes = private_schemes_in(probe)
+    sr = sr_class(
+        # evidence[0] decides the study: a source of the reported study (pitfall §7).
+        evidence=referenced,
+        content=report,
+        series_instance_uid=params.series_instance_uid,
+        series_number=params.series_number,
+        sop_instance_uid=params.sop_instance_uid,
+        instance_number=params.instance_number,
+        manufacturer=device.manufacturer,
+        manufacturer_model_name=device.model_name,
+        software_versions=device.software_version or None,
+        device_serial_number=device.name,
+        series_description=params.series_description or None,
+        is_complete=True,
+        is_final=False,  # AI output: PRELIMINARY and UNVERIFIED until a person signs it
+        is_verified=False,
+        previous_versions=list(params.predecessors) or None,
+        coding_schemes=coding_scheme_items(schemes) or None,
+    )
+    return sr
+
+
+# ---------------------------------------------------------------------------
+# Reading back
+# ---------------------------------------------------------------------------
+
+_CERTAINTY = codes.CERTAINTY_OF_FINDING
+#: CONTAINS CODE rows of TID 1501/1410 that are not qualitative evaluations.
+_STRUCTURAL_CODES = frozenset({codes.FINDING, codes.GEOMETRIC_PURPOSE_OF_REGION})
+
+
+def _item_confidence(item: Dataset) -> float | None:
+    for child in item.get("ContentSequence", []):
+        if (child.ValueType == "NUM" and child.RelationshipType == "HAS PROPERTIES"
+                and code_of(child.ConceptNameCodeSequence[0]) == _CERTAINTY):
+            return float(child.MeasuredValueSequence[0].NumericValue) / 100.0
+    return None
+
+
+def _image_refs(item: Dataset) -> list[ImageReference]:
+    out = []
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "IMAGE" and child.RelationshipType in ("INFERRED FROM", "SELECTED FROM",
+                                                                     "CONTAINS"):
+            ref = child.ReferencedSOPSequence[0]
+            frames = ref.get("ReferencedFrameNumber")
+            frames = () if frames is None else tuple(int(f) for f in
+                                                     (frames if isinstance(frames, Sequence) and not
+                                                      isinstance(frames, str) else [frames]))
+            out.append(ImageReference(str(ref.ReferencedSOPInstanceUID),
+                                      str(ref.ReferencedSOPClassUID), frames))
+    return out
+
+
+def content_items(ds: Dataset) -> Iterator[Dataset]:
+    """Every content item of an SR tree, depth first in document order."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def _tracking_uids(sr: Dataset) -> list[str]:
+    """Tracking Unique Identifiers (112040) in document order."""
+    return [str(item.UID) for item in content_items(sr) if item.get("ValueType") == "UIDREF"
+            and item.ConceptNameCodeSequence[0].CodeValue == "112040"]
+
+
+def read_findings(sr: Dataset) -> list[Finding]:
+    """The findings of an SR this module wrote, through ``highdicom.sr.srread`` types.
+
+    Confidences come back from Certainty of Finding: the group's as
+    :attr:`Finding.confidence`, an item's own as its ``confidence``.
+    """
+    doc = sr if isinstance(sr, hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR) else \
+        _SR_CLASSES[str(sr.SOPClassUID)].from_dataset(sr)
+    report = doc.content
+    if not isinstance(report, hd.sr.MeasurementReport):
+        raise ValueError(f"SR {sr.SOPInstanceUID} is not a TID 1500 Imaging Measurement Report")
+    out: list[Finding] = []
+    groups = [*report.get_image_measurement_groups(), *report.get_planar_roi_measurement_groups()]
+    # highdicom returns 1501 groups, then 1410 ones; the document order is the findings'.
+    order = {uid: i for i, uid in enumerate(_tracking_uids(sr))}
+    groups.sort(key=lambda g: order.get(str(g.tracking_uid), len(order)))
+    for group in groups:
+        root = group[0]
+        confidence = None
+        measurements = []
+        for m in group.get_measurements():
+            name = code_of(m.name)
+            if name == _CERTAINTY:
+                confidence = float(m.value) / 100.0
+                continue
+            frames: tuple[int, ...] = ()
+            refs = m.referenced_images
+            if refs and refs[0].referenced_frame_numbers:
+                frames = tuple(int(f) for f in refs[0].referenced_frame_numbers)
+            measurements.append(Measurement(name, float(m.value), code_of(m.unit), None, frames))
+        # highdicom rebuilds QualitativeEvaluation items without their children, so the
+        # CODE items are read from the group itself, less the template's own rows.
+        evaluations = [
+            Evaluation(code_of(item.ConceptNameCodeSequence[0]),
+                       code_of(item.ConceptCodeSequence[0]), _item_confidence(item))
+            for item in root.ContentSequence
+            if item.ValueType == "CODE" and item.RelationshipType == "CONTAINS"
+            and code_of(item.ConceptNameCodeSequence[0]) not in _STRUCTURAL_CODES
+        ]
+        point = None
+        if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations):
+            region = group.roi
+            assert region is not None
+            col, row = (float(v) for v in region.value[0])
+            point = Point(col, row)
+            references = [_image_refs(item)[0] for item in root.ContentSequence
+                          if item.ValueType == "SCOORD"]
+        else:
+            assert isinstance(group, hd.sr.MeasurementsAndQualitativeEvaluations)
+            references = [ImageReference(str(s.referenced_sop_instance_uid),
+                                         str(s.referenced_sop_class_uid),
+                                         tuple(int(f) for f in (s.referenced_frame_numbers or ())))
+                          for s in group.source_images]
+        sites = group.finding_sites
+        if group.finding_type is None:
+            raise ValueError(f"SR {sr.SOPInstanceUID}: a measurement group has no Finding")
+        out.append(Finding(
+            tracking_id=str(group.tracking_identifier),
+            finding=code_of(group.finding_type),
+            references=tuple(references),
+            evaluations=tuple(evaluations),
+            measurements=tuple(measurements),
+            confidence=confidence,
+            finding_site=code_of(sites[0].value) if sites else None,
+            point=point,
+        ))
+    return out
+
+
+def canonical(finding: Finding) -> Finding:
+    """``finding`` as an SR states it: what :func:`read_findings` gives back.
+
+    A single confident item's confidence moves to the group; confidences are kept
+    to the 0.001 % the document holds; patient coordinates are not encoded (the 2D
+    SCOORD is on the image).
+    """
+    group, per_item = _group_confidence(finding)
+
+    def _c(value: float | None) -> float | None:
+        return None if value is None else _percent(value) / 100.0
+
+    return Finding(
+        tracking_id=finding.tracking_id,
+        finding=finding.finding,
+        references=finding.references,
+        evaluations=tuple(Evaluation(e.concept, e.value, _c(e.confidence) if per_item else None)
+                          for e in finding.evaluations),
+        measurements=tuple(Measurement(m.concept, float(m.value), m.unit, None, m.frame_numbers)
+                           for m in finding.measurements),
+        confidence=_c(group),
+        finding_site=finding.finding_site,
+        point=None if finding.point is None else Point(finding.point.column, finding.point.row),
+    )
