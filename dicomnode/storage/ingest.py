@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dicomnode.errors import (
@@ -37,6 +39,9 @@ from dicomnode.storage.spool import NO_SPACE_ERRNOS, Spool
 logger = logging.getLogger(__name__)
 
 #: PS3.5 §9.1: components of digits, no leading zero (except "0" itself), dots between.
+UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data.
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 #: Header attributes kept in ``Instance.attributes`` for module selection.
@@ -129,15 +134,65 @@ class Ingestor:
         self.min_free_bytes = min_free_bytes
 
     def read_header(self, path: Path) -> Dataset:
-        """Parse everything but the pixel data; unparseable input → 0xC000."""
+        """Parse the whole data set without loading large values; broken input → 0xC000.
+
+        Values over 4 kB (pixel data) are deferred: pydicom records where they are and
+        walks encapsulated fragments without reading them (raising at EOF if the
+        sequence never ends).  A defined-length value that runs past the end of the
+        file is a truncated transfer, which a header-only read would not notice.
+        """
+        size = path.stat().st_size
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            # Touch every element now so a bad value fails here, not later in routing.
-            for elem in ds.iterall():
-                _ = elem.value
+            ds = pydicom.dcmread(path, defer_size=4096)
+            tags = sorted(ds.keys())
+            if not tags:
+                raise EOFError("empty data set")
+            # Elements are in ascending tag order, so the last one must end exactly at
+            # the end of the file: pydicom stops silently at EOF inside a header.
+            last = ds.get_item(tags[-1], keep_deferred=True)
+            if isinstance(last, RawDataElement) and last.length != UNDEFINED_LENGTH:
+                end = last.value_tell + last.length
+                if end != size:
+                    raise EOFError(f"data set ends at byte {end} of {size}: truncated or trailing bytes")
+            for tag in tags:
+                raw = ds.get_item(tag, keep_deferred=True)
+                if isinstance(raw, RawDataElement) and raw.value is None:
+                    if raw.length != UNDEFINED_LENGTH and raw.value_tell + raw.length > size:
+                        raise EOFError(f"value of {tag} ends {raw.value_tell + raw.length - size} bytes past the end of the data")
+                    continue
+                elem = ds[tag]  # converts the value: a bad VR or length fails here
+                if elem.VR == "SQ":
+                    for item in elem.value:
+                        for nested in item.iterall():
+                            _ = nested.value
         except Exception as exc:  # pydicom raises many types for broken input
             raise InvalidDatasetError(f"cannot parse data set: {type(exc).__name__}: {exc}") from None
+        self._check_pixel_data(ds)
         return ds
+
+    @staticmethod
+    def _check_pixel_data(ds: Dataset) -> None:
+        """An image must carry all its pixels: a transfer cut at an element boundary would not."""
+        sop_class = UID(str(ds.get("SOPClassUID", "")))
+        is_image = "Image Storage" in sop_class.name or ("Rows" in ds and "Columns" in ds)
+        if not is_image:
+            return
+        present = [t for t in PIXEL_DATA_TAGS if t in ds]
+        if not present:
+            raise InvalidDatasetError("image without pixel data (truncated?)")
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if present[0] != 0x7FE00010 or (syntax is not None and UID(syntax).is_encapsulated):
+            return  # encapsulated: fragments were walked to the sequence delimiter
+        raw = ds.get_item(present[0], keep_deferred=True)
+        length = raw.length if isinstance(raw, RawDataElement) else len(ds.PixelData or b"")
+        try:
+            bits = int(ds.get("BitsAllocated", 8))
+            expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                        * int(ds.get("NumberOfFrames", 1) or 1) * bits + 7) // 8
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InvalidDatasetError(f"bad image geometry: {exc}") from None
+        if length < expected:
+            raise InvalidDatasetError(f"pixel data has {length} bytes, the image needs {expected}")
 
     def validate(self, ds: Dataset, context_sop_class: str, command_sop_instance: str | None) -> None:
         """Check the identifying UIDs and the SOP class against the presentation context."""
