@@ -1,0 +1,100 @@
+"""CCF-Net's loss (``CCFLoss``, methods-notes §3.2) plus the disc-grade extension.
+
+- heatmaps: MSE over the channels whose landmark lies on the grid (``mask``);
+- offsets: smooth-L1 on the y and x offsets where the target heat is within
+  ``offset_band`` (0.6) of its peak (the cells next to the landmark);
+- class: class-balanced BCE (effective number of samples, β = (n − 1) / n per class)
+  on the class logit at the ground-truth peak cell, vertebra and disc separately;
+- grade (extension): cross-entropy over disc morphology v1…v4 and class-balanced BCE on
+  the v5 flag, at the same cells.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ai.spine.labels import N_VERTEBRAE
+from ai.spine.network import CLS, GRADE, HEAT, OFF_X, OFF_Y, SCHMORL
+
+DEFAULT_LOSS: dict[str, Any] = {
+    "heat_weight": 1.0, "offset_weight": 1.0, "class_weight": 0.2, "grade_weight": 0.1,
+    "offset_band": 0.6, "sigma_cells": 1.0,
+    # Expected class counts of the synthetic generator per 1000 studies (its prevalences):
+    # vertebra v1/v2, disc normal/abnormal, v5 no/yes.
+    "class_counts": {"vertebra": [3150, 1850], "disc": [3270, 2730], "schmorl": [5400, 600]},
+}
+
+
+def class_balanced_pos_weight(counts: Sequence[float]) -> float:
+    """BCE ``pos_weight`` from the effective numbers of (negatives, positives).
+
+    E(n) = (1 − βⁿ) / (1 − β) with β = (n − 1) / n; class weight 1 / E(n); the positive
+    weight is w₁ / w₀ (CCF-Net's ``CBBCEWithLogitsLoss``).
+    """
+    weights = []
+    for n in counts:
+        n = max(float(n), 1.0)
+        beta = (n - 1.0) / n
+        effective = (1.0 - beta**n) / (1.0 - beta) if beta < 1.0 else n
+        weights.append(1.0 / (effective + 1e-5))
+    return weights[1] / (weights[0] + 1e-5)
+
+
+def _at_peaks(maps: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    """Values of (B, C, g, g) ``maps`` at the arg-max cell of each (B, C) target heatmap."""
+    b, c = heat.shape[:2]
+    idx = heat.reshape(b, c, -1).argmax(dim=-1, keepdim=True)
+    return maps.reshape(b, c, -1).gather(-1, idx).squeeze(-1)
+
+
+def ccf_loss(maps: torch.Tensor, batch: Mapping[str, torch.Tensor],
+             config: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of one batch and its parts (for logging)."""
+    cfg = {**DEFAULT_LOSS, **dict(config.get("loss", {}))}
+    heat_t = batch["heat"].to(maps.dtype)
+    mask = batch["mask"].to(maps.dtype)  # (B, 11)
+    m = mask[:, :, None, None]
+    cells = heat_t.shape[-1] * heat_t.shape[-2]
+    heat_loss = (((maps[:, HEAT] - heat_t) ** 2) * m).sum() / (m.sum() * cells).clamp(min=1.0)
+    band = ((heat_t >= 1.0 - float(cfg["offset_band"])) & (m > 0)).to(maps.dtype)
+    n_band = band.sum().clamp(min=1.0)
+    off_loss = sum(
+        (F.smooth_l1_loss(maps[:, ch], batch[key].to(maps.dtype), reduction="none")
+         * band).sum() / n_band
+        for ch, key in ((OFF_Y, "off_y"), (OFF_X, "off_x"))
+    )
+    logits = _at_peaks(maps[:, CLS], heat_t)  # (B, 11)
+    labels = batch["label"]
+    valid = (labels >= 0) & (mask > 0)
+    counts = cfg["class_counts"]
+    cls_loss = maps.new_zeros(())
+    for name, sl in (("vertebra", slice(0, N_VERTEBRAE)), ("disc", slice(N_VERTEBRAE, None))):
+        v = valid[:, sl]
+        if v.any():
+            pw = torch.tensor(class_balanced_pos_weight(counts[name]), dtype=maps.dtype,
+                              device=maps.device)
+            cls_loss = cls_loss + F.binary_cross_entropy_with_logits(
+                logits[:, sl][v], labels[:, sl][v].to(maps.dtype), pos_weight=pw)
+    disc_heat = heat_t[:, N_VERTEBRAE:]
+    disc_mask = mask[:, N_VERTEBRAE:] > 0
+    grade_logits = torch.stack([_at_peaks(maps[:, GRADE][:, k:k + 1].expand(-1, 6, -1, -1),
+                                          disc_heat) for k in range(4)], dim=-1)  # (B, 6, 4)
+    grades = batch["grade"]
+    gv = (grades >= 0) & disc_mask
+    grade_loss = maps.new_zeros(())
+    if gv.any():
+        grade_loss = F.cross_entropy(grade_logits[gv], grades[gv])
+    v5_logits = _at_peaks(maps[:, SCHMORL:SCHMORL + 1].expand(-1, 6, -1, -1), disc_heat)
+    if disc_mask.any():
+        pw = torch.tensor(class_balanced_pos_weight(counts["schmorl"]), dtype=maps.dtype,
+                          device=maps.device)
+        grade_loss = grade_loss + F.binary_cross_entropy_with_logits(
+            v5_logits[disc_mask], batch["schmorl"][disc_mask].to(maps.dtype), pos_weight=pw)
+    total = (float(cfg["heat_weight"]) * heat_loss + float(cfg["offset_weight"]) * off_loss
+             + float(cfg["class_weight"]) * cls_loss + float(cfg["grade_weight"]) * grade_loss)
+    parts = {"heat": float(heat_loss.detach()), "offset": float(off_loss.detach()),
+             "class": float(cls_loss.detach()), "grade": float(grade_loss.detach())}
+    return total, parts

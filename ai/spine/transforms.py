@@ -1,0 +1,246 @@
+"""Preprocessing, augmentation and CCF-Net's coarse-to-fine encoding and decoding.
+
+Coordinates are SCOORD pixels throughout (the centre of pixel (i, j) is (i + 0.5,
+j + 0.5)), so resizing an image by a factor scales a point by exactly that factor and a
+horizontal mirror maps x to W − x.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import Resize, ScaleIntensityRangePercentiles
+from scipy.ndimage import affine_transform
+
+from ai.spine.datasets import SpineSample
+from ai.spine.labels import N_LANDMARKS, N_VERTEBRAE
+from ai.spine.network import CLS, GRADE, HEAT, OFF_X, OFF_Y, SCHMORL, STRIDE
+
+#: Preprocessing defaults (the spec's 512 for real data is a config value).
+DEFAULT_PREPROCESSING: dict[str, Any] = {"input_size": 160, "lower_percentile": 0.5,
+                                         "upper_percentile": 99.5}
+
+
+def three_channels(slices: np.ndarray, key: int) -> np.ndarray:
+    """(previous, key, next) slices as (3, H, W); the edge slice repeats at a series end."""
+    n = len(slices)
+    idx = [min(max(key + d, 0), n - 1) for d in (-1, 0, 1)]
+    return np.asarray(slices[idx], dtype=np.float32)
+
+
+def preprocess(slices: np.ndarray, key: int, config: Mapping[str, Any]) -> tuple[np.ndarray,
+                                                                                 np.ndarray]:
+    """Network input (3, S, S) in [0, 1] and the (x, y) factor from slice to input pixels.
+
+    Each slice is scaled on its own percentiles (CCF-Net rescales every slice to
+    0–255), then the stack is resized to ``input_size`` square.
+    """
+    pre = {**DEFAULT_PREPROCESSING, **dict(config.get("preprocessing", {}))}
+    img = three_channels(slices, key)
+    scale = ScaleIntensityRangePercentiles(
+        lower=float(pre["lower_percentile"]), upper=float(pre["upper_percentile"]),
+        b_min=0.0, b_max=1.0, clip=True, channel_wise=True)
+    img = np.asarray(scale(img), dtype=np.float32)
+    size = int(pre["input_size"])
+    h, w = img.shape[-2:]
+    if (h, w) != (size, size):
+        img = np.asarray(Resize((size, size), mode="bilinear", anti_aliasing=True)(img),
+                         dtype=np.float32)
+    return img, np.array([size / w, size / h], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Augmentation (image and points move together).
+# ---------------------------------------------------------------------------
+
+
+def random_affine(img: np.ndarray, points: np.ndarray, rng: np.random.Generator,
+                  aug: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate, scale and shift (3, S, S) ``img`` and its (N, 2) SCOORD ``points``."""
+    size = img.shape[-1]
+    angle = math.radians(rng.uniform(-1, 1) * float(aug.get("rotate_deg", 15.0)))
+    zoom = math.exp(rng.uniform(-1, 1) * math.log(1.0 + float(aug.get("scale", 0.1))))
+    shift = rng.uniform(-1, 1, 2) * float(aug.get("shift", 0.06)) * size
+    c, s = math.cos(angle), math.sin(angle)
+    fwd = zoom * np.array([[c, -s], [s, c]])  # acts on (x, y)
+    centre = np.array([size / 2, size / 2])
+    new_points = (points - centre) @ fwd.T + centre + shift
+    # scipy maps output (row, col) indices to input ones: swap x/y and undo the half pixel.
+    inv = np.linalg.inv(fwd)
+    inv_rc = inv[::-1, ::-1]
+    centre_rc = centre[::-1] - 0.5
+    offset = centre_rc - inv_rc @ (centre_rc + shift[::-1])
+    out = np.stack([affine_transform(ch, inv_rc, offset=offset, order=1, mode="constant",
+                                     cval=0.0) for ch in img])
+    return out.astype(np.float32), new_points
+
+
+def random_intensity(img: np.ndarray, rng: np.random.Generator,
+                     aug: Mapping[str, Any]) -> np.ndarray:
+    """Gamma, contrast, a smooth multiplicative bias field and Gaussian noise."""
+    size = img.shape[-1]
+    gamma = math.exp(rng.uniform(-1, 1) * float(aug.get("gamma", 0.35)))
+    img = np.clip(img, 0, 1) ** gamma
+    img = img * rng.uniform(1 - float(aug.get("contrast", 0.3)), 1 + float(aug.get("contrast",
+                                                                                  0.3)))
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    coef = rng.uniform(-1, 1, 5) * float(aug.get("bias", 0.3))
+    img = img * np.exp(coef[0] * xx + coef[1] * yy + coef[2] * xx**2 + coef[3] * yy**2
+                       + coef[4] * xx * yy)
+    img = img + rng.normal(0, rng.uniform(0, float(aug.get("noise", 0.03))), img.shape)
+    return img.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Coarse-to-fine encoding (targets) and decoding (predictions).
+# ---------------------------------------------------------------------------
+
+
+def grid_centres(n_rows: int, n_cols: int, stride: int = STRIDE) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """(y, x) centres of the grid cells in input pixels: (i + 0.5) × stride."""
+    return (np.arange(n_rows) + 0.5) * stride, (np.arange(n_cols) + 0.5) * stride
+
+
+def encode(points: np.ndarray, size: int, sigma_cells: float = 1.0, threshold: float = 0.3,
+           stride: int = STRIDE) -> dict[str, np.ndarray]:
+    """CCF-Net's targets for (N, 2) SCOORD ``points`` on a ``size``² input.
+
+    Returns ``heat`` (N, g, g) Gaussians of σ = ``sigma_cells`` cells normalised to peak
+    1, ``off_y``/``off_x`` (N, g, g) offsets (point − cell centre) / stride, and
+    ``mask`` (N,) 1 where the landmark exists and its unnormalised peak reaches
+    ``threshold`` (it lies on the grid).
+    """
+    g = size // stride
+    cy, cx = grid_centres(g, g, stride)
+    n = len(points)
+    heat = np.zeros((n, g, g), np.float32)
+    off_y = np.zeros((n, g, g), np.float32)
+    off_x = np.zeros((n, g, g), np.float32)
+    mask = np.zeros(n, np.float32)
+    sigma = sigma_cells * stride
+    for i, (x, y) in enumerate(points):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        dy, dx = y - cy[:, None], x - cx[None, :]
+        h = np.exp(-(dy**2 + dx**2) / (2 * sigma**2))
+        if h.max() >= threshold:
+            mask[i] = 1.0
+        heat[i] = h / max(h.max(), 1e-12)
+        off_y[i], off_x[i] = dy / stride, dx / stride
+    return {"heat": heat, "off_y": off_y, "off_x": off_x, "mask": mask}
+
+
+@dataclass
+class SpinePrediction:
+    """Decoded output for one slice, in the slice's own SCOORD pixels.
+
+    ``coords`` (11, 2) (column, row); ``score`` (11,) heat at the chosen cell;
+    ``prob_abnormal`` (11,) sigmoid of the class logit; ``grade_probs`` (6, 4) disc
+    morphology v1..v4; ``schmorl`` (6,) v5 probability; ``tags`` the Tianchi tags.
+    """
+
+    coords: np.ndarray
+    score: np.ndarray
+    prob_abnormal: np.ndarray
+    grade_probs: np.ndarray
+    schmorl: np.ndarray
+    tags: tuple[str, ...]
+
+
+def tags_from(prob_abnormal: np.ndarray, grade_probs: np.ndarray, schmorl: np.ndarray,
+              threshold: float = 0.5) -> tuple[str, ...]:
+    """Tianchi tags: the binary head decides normal/abnormal, the grade head which grade."""
+    tags = []
+    for i in range(N_LANDMARKS):
+        abnormal = prob_abnormal[i] >= threshold
+        if i < N_VERTEBRAE:
+            tags.append("v2" if abnormal else "v1")
+            continue
+        d = i - N_VERTEBRAE
+        tag = f"v{2 + int(np.argmax(grade_probs[d, 1:]))}" if abnormal else "v1"
+        tags.append(tag + (",v5" if schmorl[d] >= threshold else ""))
+    return tuple(tags)
+
+
+def decode(output: torch.Tensor | np.ndarray, factor: np.ndarray,
+           stride: int = STRIDE) -> SpinePrediction:
+    """One sample's (49, g, g) output → landmarks on the original slice.
+
+    Per landmark: the arg-max cell of its heatmap, plus its offsets: ``(cell + offset +
+    0.5) × stride`` in input pixels, divided by ``factor`` (input / slice pixels).
+    """
+    out = output.detach().cpu().numpy() if isinstance(output, torch.Tensor) else output
+    out = out.astype(np.float64)
+    heat = out[HEAT]
+    g_cols = heat.shape[-1]
+    flat = heat.reshape(N_LANDMARKS, -1).argmax(axis=1)
+    rows, cols = flat // g_cols, flat % g_cols
+    lm = np.arange(N_LANDMARKS)
+    x = (cols + out[OFF_X][lm, rows, cols] + 0.5) * stride
+    y = (rows + out[OFF_Y][lm, rows, cols] + 0.5) * stride
+    coords = np.stack([x / float(factor[0]), y / float(factor[1])], axis=1)
+    prob = 1.0 / (1.0 + np.exp(-out[CLS][lm, rows, cols]))
+    d_rows, d_cols = rows[N_VERTEBRAE:], cols[N_VERTEBRAE:]
+    logits = out[GRADE][:, d_rows, d_cols].T  # (6, 4)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    grades = e / e.sum(axis=1, keepdims=True)
+    schmorl = 1.0 / (1.0 + np.exp(-out[SCHMORL][d_rows, d_cols]))
+    return SpinePrediction(coords=coords, score=heat[lm, rows, cols], prob_abnormal=prob,
+                           grade_probs=grades, schmorl=schmorl,
+                           tags=tags_from(prob, grades, schmorl))
+
+
+# ---------------------------------------------------------------------------
+# Sample → tensors (the training loop's ``transform`` hook).
+# ---------------------------------------------------------------------------
+
+
+class SpineTransform:
+    """Turn a :class:`SpineSample` into the network's input and CCF-Net's targets.
+
+    With ``train=True`` the key slice jitters by ±1 (CCF-Net's annotation jitter),
+    and the image is mirrored, rotated, scaled, shifted and its intensity perturbed;
+    otherwise the result is deterministic.
+    """
+
+    def __init__(self, config: Mapping[str, Any], train: bool, seed: int = 0) -> None:
+        self.config = config
+        self.train = train
+        self.aug = dict(config.get("augmentation", {}))
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, sample: SpineSample) -> dict[str, Any]:
+        key = sample.key_index
+        rng = self.rng
+        if self.train and self.aug.get("slice_jitter", True) and len(sample.slices) >= 3:
+            key = int(np.clip(key + rng.integers(-1, 2), 1, len(sample.slices) - 2))
+        img, factor = preprocess(sample.slices, key, self.config)
+        pts = sample.coords * factor
+        size = img.shape[-1]
+        if self.train:
+            if rng.random() < float(self.aug.get("flip", 0.5)):
+                img = img[..., ::-1].copy()
+                pts = np.stack([size - pts[:, 0], pts[:, 1]], axis=1)
+            if rng.random() < float(self.aug.get("affine_p", 0.8)):
+                img, pts = random_affine(img, pts, rng, self.aug)
+            if rng.random() < float(self.aug.get("intensity_p", 0.8)):
+                img = random_intensity(img, rng, self.aug)
+        targets = encode(pts, size, float(self.config.get("loss", {}).get("sigma_cells", 1.0)))
+        labels = sample.labels()
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(img)),
+            "heat": torch.from_numpy(targets["heat"]),
+            "off_y": torch.from_numpy(targets["off_y"]),
+            "off_x": torch.from_numpy(targets["off_x"]),
+            "mask": torch.from_numpy(targets["mask"]),
+            "label": torch.from_numpy(labels),
+            "grade": torch.from_numpy(sample.disc_grades()),
+            "schmorl": torch.from_numpy(sample.schmorl()),
+            "factor": torch.from_numpy(factor),
+        }
+
