@@ -228,6 +228,7 @@ class NodeProcess:
     def start(self, wait: bool = True) -> None:
         self.write_config()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
             [
@@ -238,7 +239,22 @@ class NodeProcess:
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         if wait:
-            wait_for_port(self.port, 60, self.proc)
+            self.wait_listening(offset)
+
+    def wait_listening(self, offset: int = 0, timeout: float = 60) -> None:
+        """Wait for the node's "listening" log line (a probe connection would hold an
+        association slot until the ACSE timeout, skewing max-association tests)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                if b"listening as" in fh.read():
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"node not listening after {timeout} s:\n{self.log()[-3000:]}")
 
     def stop(self, sig: int | None = None, timeout: float = 30) -> int | None:
         if self.proc is None:
