@@ -114,6 +114,7 @@ def train(
     progress: bool = True,
     timing_n: int = 0,
     db: Database | None = None,
+    version_dir: Path | None = None,
 ) -> TrainResult:
     """Train a new model version of ``module``.
 
@@ -147,6 +148,9 @@ def train(
         If > 0, also measure ``inference_s_per_case`` on that many benchmark cases.
     db : Database, optional
         Register the new version (inactive) in this index.
+    version_dir : Path, optional
+        Write the version exactly here instead of ``out_dir/<version>`` (the bundled
+        model lives in ``ai/<module>/model``).
     """
     cfg = merge_config(module.default_config(), config)
     tcfg = cfg.setdefault("training", {})
@@ -226,15 +230,16 @@ def train(
 
     network.eval()
     name = version or new_version_name()
+    target = version_dir or (out_dir / name)
     loaded = LoadedModel(module=module.name, version=name, sha256="", network=network,
-                         config=cfg, device=dev, path=out_dir / name)
+                         config=cfg, device=dev, path=target)
     from train.evaluate import evaluate
 
     metrics = evaluate(module, loaded, val_samples, timing_n=timing_n, seed=seed) if len(
         val_samples) else {}
     metrics["val_n"] = len(val_samples)
     path = save_model_version(
-        out_dir / name, module.name, network, cfg, version=name,
+        target, module.name, network, cfg, version=name,
         changelog={name: changelog or f"trained {epochs} epochs, seed {seed}"},
         training_data={**data_desc, "seed": seed, "epochs": epochs, "history": history},
         metrics=metrics, command=command,
