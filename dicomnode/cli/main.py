@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "status",
     "studies",
     "config_cmd",
+    "train", "evaluate", "models", "synth",
 )
 
 
