@@ -364,9 +364,13 @@ def read_findings(sr: Dataset) -> list[Finding]:
     Confidences come back from Certainty of Finding: the group's as
     :attr:`Finding.confidence`, an item's own as its ``confidence``.
     """
-    doc = sr if isinstance(sr, hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR) else \
-        _SR_CLASSES[str(sr.SOPClassUID)].from_dataset(sr)
-    report = doc.content
+    report = getattr(sr, "content", None)
+    if not isinstance(report, hd.sr.MeasurementReport):
+        # A document just built holds a generic ContentSequence; srread's has the template.
+        sr_class = _SR_CLASSES.get(str(sr.SOPClassUID))
+        if sr_class is None:
+            raise ValueError(f"SR {sr.SOPInstanceUID}: SOP Class {sr.SOPClassUID} is not one we write")
+        report = sr_class.from_dataset(sr).content
     if not isinstance(report, hd.sr.MeasurementReport):
         raise ValueError(f"SR {sr.SOPInstanceUID} is not a TID 1500 Imaging Measurement Report")
     out: list[Finding] = []
