@@ -1,0 +1,162 @@
+"""The index and the ingest path on SQLite and PostgreSQL; the spool's guarantees."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from dicom_factory import make_dataset, uid, write
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from sqlalchemy import func, select
+
+from dicomnode.errors import OutOfResourcesError
+from dicomnode.storage.db import Database, open_database
+from dicomnode.storage.index import list_studies, study_detail
+from dicomnode.storage.ingest import Ingestor, valid_uid
+from dicomnode.storage.models import Base, Instance, Series, Study
+from dicomnode.storage.spool import ReceiveFile, Spool
+
+
+def receive(spool: Spool, source: Path) -> ReceiveFile:
+    """Stream a file into a ReceiveFile the way pynetdicom's chunked receive does."""
+    rf = ReceiveFile(spool.new_temp_path())
+    data = source.read_bytes()
+    for i in range(0, len(data), 16384):
+        rf.write(data[i:i + 16384])
+    rf.close()
+    return rf
+
+
+def ingest(ingestor: Ingestor, spool: Spool, source: Path) -> None:
+    rf = receive(spool, source)
+    try:
+        ingestor.ingest(rf.path, rf.sha256, rf.size, context_sop_class=MRImageStorage,
+                        transfer_syntax=ExplicitVRLittleEndian, calling_ae="TEST")
+    finally:
+        rf.discard()
+
+
+def test_migrations_create_exactly_the_models(db: Database) -> None:
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_opening_twice_does_not_migrate_again(database_url: str) -> None:
+    open_database(database_url).dispose()
+    db = open_database(database_url)
+    with db.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+    db.dispose()
+
+
+def test_ingest_indexes_patient_study_series_instance(db: Database, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    ingestor = Ingestor(db, spool)
+    study = uid()
+    for i in range(3):
+        ingest(ingestor, spool, write(make_dataset(study_uid=study, seed=i), tmp_path / f"{i}.dcm"))
+    with db.session() as s:
+        [summary] = list_studies(s)
+        assert (summary.study_instance_uid, summary.series, summary.instances) == (study, 3, 3)
+        detail = study_detail(s, study)
+        assert detail is not None and detail["patient_id"] == "TEST-0001"
+        for inst in s.scalars(select(Instance)):
+            assert (spool.root / inst.path).stat().st_size == inst.size
+
+
+def test_parallel_ingest_of_one_new_series_creates_it_once(db: Database, tmp_path: Path) -> None:
+    """Receivers racing on the same new patient/study/series (ON CONFLICT DO NOTHING)."""
+    spool = Spool(tmp_path / "spool")
+    ingestor = Ingestor(db, spool)
+    study, series = uid(), uid()
+    files = [write(make_dataset(study_uid=study, series_uid=series, seed=i), tmp_path / f"{i}.dcm")
+             for i in range(16)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def work(chunk: list[Path]) -> None:
+        try:
+            barrier.wait()
+            for f in chunk:
+                ingest(ingestor, spool, f)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(files[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with db.session() as s:
+        assert s.scalar(select(func.count(Study.id))) == 1
+        assert s.scalar(select(func.count(Series.id))) == 1
+        assert s.scalar(select(func.count(Instance.id))) == 16
+
+
+def test_index_down_answers_out_of_resources_and_recovers(postgres, make_db, tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text('CREATE DATABASE "downtest"'))
+    admin.dispose()
+    db = make_db(postgres.url.rsplit("/", 1)[0] + "/downtest")
+    spool = Spool(tmp_path / "spool")
+    ingestor = Ingestor(db, spool)
+    ingest(ingestor, spool, write(make_dataset(), tmp_path / "a.dcm"))
+    postgres.stop("immediate")
+    try:
+        with pytest.raises(OutOfResourcesError):
+            ingest(ingestor, spool, write(make_dataset(), tmp_path / "b.dcm"))
+    finally:
+        postgres.start()
+        postgres.wait_ready()
+    ingest(ingestor, spool, write(make_dataset(), tmp_path / "c.dcm"))
+    with db.session() as s:
+        assert s.scalar(select(func.count(Instance.id))) == 2
+    # The refused instance left no file behind.
+    assert len([p for p in spool.root.rglob("*.dcm") if p.parent != spool.tmp]) == 2
+
+
+def test_spool_paths_come_from_hashes_never_from_uids(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    rel = spool.relative_path("../../x", "1.2.3", "1.2.3.4", "ab" * 32)
+    assert ".." not in rel and "x" not in rel.split("/")
+    assert spool.absolute(rel).is_relative_to(spool.root)
+    with pytest.raises(ValueError):
+        spool.absolute("../outside.dcm")
+
+
+def test_place_is_atomic_and_cleans_nothing_else(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    tmp = spool.new_temp_path()
+    tmp.write_bytes(b"x" * 1000)
+    final = spool.place(tmp, "aa/bb/cc.dcm")
+    assert final.read_bytes() == b"x" * 1000 and not tmp.exists()
+    (spool.tmp / "leftover.dcm").write_bytes(b"partial")
+    assert spool.clean_temp() == 1 and final.exists()
+
+
+def test_receive_file_turns_a_write_error_into_a_flag(tmp_path: Path) -> None:
+    rf = ReceiveFile(tmp_path / "r.dcm")
+    rf.write(b"abc")
+    import os
+
+    os.close(rf._fd)  # the next write fails like a full disk would (EBADF here)
+    rf._fd = os.open("/dev/full", os.O_WRONLY)
+    rf.write(b"more")
+    assert rf.error is not None and not (tmp_path / "r.dcm").exists()
+    assert rf.write(b"ignored") == 7  # the rest of the data set is swallowed
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("1.2.840.10008.1.2", True), ("0.1", True), ("1.02", False), ("1..2", False),
+     ("../../x", False), ("1.2." + "3" * 62, False), ("", False), ("1.2 ", False)],
+)
+def test_uid_rule_of_ps3_5(value: str, ok: bool) -> None:
+    assert valid_uid(value) is ok
