@@ -112,12 +112,10 @@ def _associate(ae: AE, destination: Destination, link: Link) -> Association:
     except (OSError, ssl.SSLError) as exc:
         raise AssociationFailed(f"{destination.name}: {exc}") from None
     if not assoc.is_established:
-        if assoc.is_rejected:
-            reason = "association rejected"
-        elif assoc.is_aborted:
-            reason = "association aborted"
-        else:
-            reason = "no association (peer unreachable or timed out)"
+        # pynetdicom reports a refused TCP connection as an abort; only a rejection
+        # (A-ASSOCIATE-RJ: unknown called AE, no context …) is told apart.
+        reason = ("association rejected" if assoc.is_rejected
+                  else "no association (connection refused, aborted or timed out)")
         raise AssociationFailed(
             f"{destination.name} ({destination.aetitle}@{destination.host}:{destination.port}): {reason}"
         )

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from results.factories import StudyHeader, make_mr_series, make_xa, write
 from pydicom.dataset import Dataset
+from results.factories import StudyHeader, make_mr_series, make_xa, write
 
 from ai.core import codes
 from ai.core.contract import (
