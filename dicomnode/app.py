@@ -1,8 +1,14 @@
-"""The running node: receiver plus the background services later parts add.
+"""The running node: receiver, scheduler (timed work) and worker pool.
 
-``Node`` opens the index and spool once and starts its services in order; it
-stops them in reverse order on SIGTERM/SIGINT so the instance in flight finishes
-and nothing is left half-written.
+``Node`` opens the index and spool once, checks the routing rules (a bad rules file
+raises :class:`~dicomnode.errors.ConfigError` before anything starts) and starts its
+services in order; it stops them in reverse order on SIGTERM/SIGINT so the instance
+in flight finishes, a running job goes back to the queue, and nothing is left
+half-written.
+
+Roles: ``receiver`` runs the Storage SCP; ``worker`` runs the scheduler (completion
+sweep and routing, retry wake-ups, delivery, retention; one per database) and the
+worker pool.  ``dicomnode run`` runs both.
 """
 from __future__ import annotations
 
@@ -33,12 +39,25 @@ class Node:
     def __init__(self, settings: Settings, roles: tuple[str, ...] = ("receiver", "worker")) -> None:
         self.settings = settings
         self.roles = roles
+        if "worker" in roles:
+            from dicomnode.jobs.modules import load_routing
+
+            rules = load_routing(settings)  # a bad rules file stops us before anything opens
         self.db: Database = open_database(settings.database_url, fsync=settings.node.fsync)
         self.spool = Spool(settings.spool_dir, fsync=settings.node.fsync)
         self.services: list[Service] = []
         if "receiver" in roles:
             self.receiver = Receiver(settings, self.db, self.spool)
             self.services.append(self.receiver)
+        if "worker" in roles:
+            from dicomnode.jobs.scheduler import NodeScheduler
+            from dicomnode.jobs.worker import ModuleCatalog, Notifier, WorkerPool
+
+            notifier, catalog = Notifier(), ModuleCatalog()
+            self.scheduler = NodeScheduler(settings, self.db, rules, notifier, catalog)
+            self.workers = WorkerPool(settings, self.db, notifier, catalog,
+                                      on_finished=lambda: self.scheduler.wake("deliver"))
+            self.services += [self.scheduler, self.workers]
         self._stop = threading.Event()
 
     def start(self) -> None:

@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "status",
     "studies",
     "config_cmd",
+    "jobs", "route",
     "train", "evaluate", "models", "synth",
 )
 

@@ -10,7 +10,7 @@ from dicomnode.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, open_i
 
 
 def collect(db: Any) -> dict[str, Any]:
-    """Counts by table and state, recent refusals; later parts add queues and deliveries."""
+    """Counts by table and state, job queue depth, last job failures, pending deliveries, refusals."""
     from sqlalchemy import func, select
 
     from dicomnode.storage.models import Delivery, Event, Instance, Job, Series, Study
@@ -35,6 +35,26 @@ def collect(db: Any) -> dict[str, Any]:
             {"at": e.at.isoformat(), "calling_ae": e.calling_ae, "peer": e.peer,
              "status": e.detail.get("status"), "reason": e.detail.get("reason")} for e in recent
         ]
+        # Queue depth: what is waiting to run, and the oldest such job (how far behind we are).
+        waiting = ("queued", "retry_wait", "waiting")
+        out["queue"] = {
+            "depth": sum(v for k, v in out["jobs_by_state"].items() if k in waiting),
+            "running": out["jobs_by_state"].get("running", 0),
+            "by_module": {f"{m}/{st}": n for m, st, n in s.execute(
+                select(Job.module, Job.state, func.count()).where(Job.state.in_((*waiting, "running")))
+                .group_by(Job.module, Job.state)).all()},
+            "oldest_queued_at": s.scalar(select(func.min(Job.created_at)).where(Job.state == "queued")),
+        }
+        failures = s.scalars(select(Job).where(Job.error != "", Job.state.in_(("failed", "retry_wait")))
+                             .order_by(Job.id.desc()).limit(5)).all()
+        out["last_failures"] = [
+            {"id": j.id, "study": j.study_instance_uid, "module": j.module, "state": j.state,
+             "attempts": j.attempts, "error": j.error,
+             "at": (j.finished_at or j.started_at or j.created_at).isoformat()} for j in failures
+        ]
+    from dicomnode.results.outbox import pending_summary
+
+    out["deliveries"] = [d.as_json() for d in pending_summary(db)]
     return out
 
 
@@ -53,6 +73,19 @@ def status(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_out: Json
     for key in ("studies_by_state", "jobs_by_state", "deliveries_by_state"):
         if info[key]:
             console.print(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in info[key].items()))
+    queue = info["queue"]
+    console.print(f"job queue: {queue['depth']} waiting, {queue['running']} running"
+                  + (f", oldest queued since {queue['oldest_queued_at']}" if queue["oldest_queued_at"] else "")
+                  + "".join(f"; {k} {v}" for k, v in sorted(queue["by_module"].items())))
+    for f in info["last_failures"]:
+        console.print(f"  job {f['id']} {f['module']} {f['state']} ({f['attempts']} attempts): "
+                      f"{f['error'][:120]}", highlight=False, markup=False)
+    for d in info["deliveries"]:
+        if d["pending"] or d["failed"]:
+            console.print(f"deliveries to {d['destination']}: {d['pending']} pending, {d['failed']} "
+                          f"failed, next attempt {d['next_attempt_at']}"
+                          + (f": {d['last_error'][:100]}" if d["last_error"] else ""),
+                          highlight=False, markup=False)
     console.print(f"refused in the last 24 h: {info['refused_last_24h']}")
     for r in info["recent_refusals"]:
         console.print(f"  {r['at']} {r['calling_ae']}@{r['peer']} 0x{(r['status'] or 0):04X} {r['reason']}")

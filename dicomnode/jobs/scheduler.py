@@ -1,0 +1,231 @@
+"""Timed work on APScheduler 3.x: completion sweep, retry wake-ups, delivery, retention.
+
+One ``BackgroundScheduler`` per database (:class:`~dicomnode.jobs.lock.SchedulerLock`;
+a second node waits as a standby and takes over when the holder dies).  Two job
+stores:
+
+``default``
+    APScheduler's ``SQLAlchemyJobStore`` in the node's database: the slow jobs whose
+    next run must survive a restart (retention; later, scheduled retraining).
+``memory``
+    The every-second sweeps.  They are re-created at each start, so persisting them
+    would only cost a write and an fsync per run for nothing.
+
+Persisted jobs hold an importable reference and plain arguments only, so they call
+:func:`run_timed` with the name of the work; it finds the running :class:`TimedWork`
+in :data:`_RUNNING` (the one mutable module global, for exactly that reason).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from dicomnode.config import Settings
+from dicomnode.jobs import queue
+from dicomnode.jobs.lock import SchedulerLock
+from dicomnode.jobs.modules import without_modules
+from dicomnode.jobs.retention import sweep_retention
+from dicomnode.jobs.worker import ModuleCatalog, Notifier, WorkerProcess
+from dicomnode.routing.completion import sweep
+from dicomnode.routing.router import Route
+from dicomnode.routing.rules import RuleSet
+from dicomnode.storage.db import Database
+from dicomnode.storage.models import Study
+
+logger = logging.getLogger(__name__)
+
+#: How often a standby node tries to take the scheduler lock.
+STANDBY_RETRY_SECONDS = 5.0
+#: Delivery runs this often (and at once after each finished job).
+DELIVERY_SECONDS = 2.0
+#: Retention runs this often; it only deletes what is older than ``retention.days``.
+RETENTION_SECONDS = 3600.0
+
+_RUNNING: dict[str, TimedWork] = {}
+
+
+def run_timed(name: str) -> None:
+    """APScheduler's entry point for every timed job: run ``TimedWork.<name>``."""
+    work = _RUNNING.get("node")
+    if work is None:
+        logger.debug("timed job %s fired with no node running", name)
+        return
+    getattr(work, name)()
+
+
+class TimedWork:
+    """The node's timed jobs, bound to its database, settings and rules."""
+
+    def __init__(self, settings: Settings, db: Database, rules: RuleSet, notifier: Notifier) -> None:
+        self.settings = settings
+        self.db = db
+        self.rules = rules
+        self.notifier = notifier
+        self.modules: dict[str, queue.ModuleInfo] = {}
+        self._errors: dict[str, str] = {}
+
+    def use_catalog(self, catalog: ModuleCatalog) -> None:
+        """Route with the modules a worker process could load; drop the broken ones."""
+        self.modules = dict(catalog.infos)
+        broken = {n: e for n, e in catalog.broken.items() if n in self.rules.modules}
+        broken.update({n: "not loadable in the worker process" for n in self.rules.modules
+                       if n not in self.modules and n not in broken})
+        self.rules = without_modules(self.rules, broken)
+
+    def _enqueue(self, session: Session, study: Study, generation: int,
+                 routes: Sequence[Route]) -> list[int]:
+        return queue.enqueue_routes(session, study, generation, routes, self.modules,
+                                    self.settings.jobs.max_attempts)
+
+    def _guard(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run one tick; log an error once per distinct message instead of every second."""
+        try:
+            out = fn()
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if self._errors.get(name) != text:
+                logger.exception("%s failed", name)
+                self._errors[name] = text
+            return None
+        if name in self._errors:
+            logger.info("%s works again", name)
+            del self._errors[name]
+        return out
+
+    def completion(self) -> None:
+        report = self._guard("completion sweep", lambda: sweep(
+            self.db, self.settings.routing, self.rules, self._enqueue))
+        if report is not None and any(report.routed.values()):
+            self.notifier.notify()
+
+    def retries(self) -> None:
+        def tick() -> int:
+            n = queue.wake_retries(self.db)
+            n += queue.release_all_waiting(self.db)
+            n += len(queue.recover_interrupted(self.db, all_local=True))
+            return n
+
+        if self._guard("retry wake-up", tick):
+            self.notifier.notify()
+
+    def deliver(self) -> None:
+        from dicomnode.results import deliver_due
+
+        self._guard("delivery", lambda: deliver_due(self.db, self.settings, self.settings.spool_dir))
+
+    def retention(self) -> None:
+        self._guard("retention", lambda: sweep_retention(self.db, self.settings))
+
+
+class NodeScheduler:
+    """The scheduler service of ``dicomnode run`` (worker role).
+
+    ``start`` returns at once: a thread takes the lock (or waits as a standby),
+    waits for a worker process to report the installed modules (the node process
+    itself never imports them, nor torch) and starts APScheduler.
+    """
+
+    def __init__(self, settings: Settings, db: Database, rules: RuleSet, notifier: Notifier,
+                 catalog: ModuleCatalog) -> None:
+        self.work = TimedWork(settings, db, rules, notifier)
+        self.catalog = catalog
+        self.lock = SchedulerLock(db)
+        self._scheduler: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dicomnode-scheduler", daemon=True)
+        self.running = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        waited = False
+        while not self._stop.is_set():
+            if self.lock.acquire():
+                break
+            if not waited:
+                logger.info("another process runs this database's scheduler: standing by")
+                waited = True
+            self._stop.wait(STANDBY_RETRY_SECONDS)
+        if self._stop.is_set() or not self._wait_for_catalog():
+            return
+        self.work.use_catalog(self.catalog)
+        self._start_scheduler()
+
+    def _wait_for_catalog(self) -> bool:
+        """Wait until a worker process has reported the modules (or probe with one)."""
+        settings = self.work.settings
+        if settings.jobs.workers == 0:
+            # No worker pool here: one short-lived worker process just lists the modules.
+            probe = WorkerProcess(settings, logging.getLogger().getEffectiveLevel(), self.catalog)
+            while not self._stop.is_set() and not probe.dead() and not probe.poll_ready(0.5):
+                pass
+            probe.stop()
+        waited = 0.0
+        while not self._stop.is_set() and not self.catalog.wait(1.0):
+            waited += 1.0
+            if waited == 120.0:
+                logger.warning("no worker process has started for 2 minutes: nothing is routed")
+        return self.catalog.wait(0)
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.jobstores.memory import MemoryJobStore
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        settings = self.work.settings
+        # APScheduler logs every run at INFO and every skipped overlap of the 1 s sweep
+        # as a WARNING; neither says anything an operator can act on.
+        root = logging.getLogger().getEffectiveLevel()
+        logging.getLogger("apscheduler").setLevel(max(root, logging.WARNING))
+        logging.getLogger("apscheduler.scheduler").setLevel(max(root, logging.ERROR))
+        scheduler = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=self.work.db.engine),
+                       "memory": MemoryJobStore()},
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+            timezone="UTC",
+        )
+        _RUNNING["node"] = self.work
+        now = dt.datetime.now(dt.UTC)
+        sweep_s = settings.routing.sweep_seconds
+        for name, seconds in (("completion", sweep_s), ("retries", sweep_s),
+                              ("deliver", DELIVERY_SECONDS)):
+            scheduler.add_job(run_timed, "interval", seconds=seconds, args=[name], id=name,
+                              jobstore="memory", next_run_time=now, replace_existing=True)
+        scheduler.start(paused=True)
+        # Keep a persisted job's schedule across restarts; only create it when absent.
+        if scheduler.get_job("retention", jobstore="default") is None:
+            scheduler.add_job("dicomnode.jobs.scheduler:run_timed", "interval",
+                              seconds=RETENTION_SECONDS, args=["retention"], id="retention",
+                              jobstore="default", next_run_time=now,
+                              misfire_grace_time=None)  # run late rather than skip
+        scheduler.resume()
+        self._scheduler = scheduler
+        self.running.set()
+        logger.info("scheduler started: sweep every %g s, routed modules: %s", sweep_s,
+                    ", ".join(sorted(self.work.modules)) or "none")
+
+    def wake(self, name: str) -> None:
+        """Run a memory-store job now (``deliver`` after a finished job)."""
+        if self._scheduler is not None:
+            try:
+                self._scheduler.modify_job(name, jobstore="memory",
+                                           next_run_time=dt.datetime.now(dt.UTC))
+            except Exception:  # shutting down: the next regular run does it
+                logger.debug("cannot wake %s", name, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        _RUNNING.pop("node", None)
+        self._thread.join(10)
+        self.lock.release()
