@@ -44,7 +44,9 @@ The scheduler, every few seconds::
 and :func:`~dicomnode.results.outbox.pending_deliveries` ``(db, job_id=…)`` (each row
 with its reason and next attempt).
 
-Reading an SR back: :func:`~dicomnode.results.sr.read_findings`.
+What a re-run supersedes: :func:`~dicomnode.results.store.predecessor_headers` ``(db,
+spool, study_instance_uid, module)`` gives the headers to pass as ``predecessor``.
+Reading an SR back: :func:`~dicomnode.results.srread.read_findings`.
 All codes: :mod:`ai.core.codes` (adapted for highdicom in :mod:`dicomnode.results.codes`).
 """
 from __future__ import annotations
@@ -57,8 +59,8 @@ from dicomnode.results.outbox import (
     pending_summary,
     record_commitment,
 )
-from dicomnode.results.sr import read_findings
-from dicomnode.results.store import StoredResult, store_results
+from dicomnode.results.srread import read_findings
+from dicomnode.results.store import StoredResult, predecessor_headers, store_results
 
 __all__ = [
     "BuildOptions",
@@ -69,6 +71,7 @@ __all__ = [
     "deliver_due",
     "pending_deliveries",
     "pending_summary",
+    "predecessor_headers",
     "read_findings",
     "record_commitment",
     "store_results",

@@ -26,7 +26,8 @@ from dicomnode.config import Settings
 from dicomnode.results.kos import KOSParams, build_kos, frames_by_instance
 from dicomnode.results.sc import SCParams, build_sc
 from dicomnode.results.sources import SourceIndex, read_header
-from dicomnode.results.sr import SR_SOP_CLASSES, Device, SRParams, build_sr, content_items
+from dicomnode.results.sr import SR_SOP_CLASSES, Device, SRParams, build_sr
+from dicomnode.results.srread import content_items
 from dicomnode.results.uids import ResultIdentity, device_uid
 
 logger = logging.getLogger(__name__)

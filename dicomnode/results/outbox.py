@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 
 from dicomnode.config import Destination, Settings
+from dicomnode.log import bind
 from dicomnode.net import status as st
 from dicomnode.net.scu import AssociationFailed, Link, StoreOutcome, send_files
 from dicomnode.results.store import DELIVERED, FAILED, PENDING
@@ -182,12 +183,13 @@ def deliver_due(
     link = Link.from_settings(settings)
     for name, rows in groups.items():
         dest = _destination(settings, name)
-        if dest is None:
-            for row in rows:
-                _record(db, settings, row, None, f"no destination named {name!r} in the configuration",
-                        now, report)
-            continue
-        _send_group(db, settings, dest, rows, Path(spool_root), link, now, report)
+        with bind(destination=name, ae=dest.aetitle if dest else ""):
+            if dest is None:
+                for row in rows:
+                    _record(db, settings, row, None,
+                            f"no destination named {name!r} in the configuration", now, report)
+                continue
+            _send_group(db, settings, dest, rows, Path(spool_root), link, now, report)
     return report
 
 

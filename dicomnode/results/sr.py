@@ -23,11 +23,11 @@ A NUM cannot carry one: TID 300 allows only INFERRED FROM NUM children and Pixel
 reports HAS PROPERTIES there as an error, so a finding whose measurements carry
 confidences has at most one confident item; a module with a confidence per number
 (the three keyframes) reports one :class:`Finding` per number.  :func:`build_sr`
-raises rather than drop a confidence.  :func:`read_findings` reads all of it back.
+raises rather than drop a confidence.  :func:`dicomnode.results.srread.read_findings` reads all of it back.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +37,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from ai.core.contract import (
-    Evaluation,
     Finding,
     Findings,
     ImageReference,
-    Measurement,
-    Point,
 )
-from dicomnode.results.codes import code_of, codes, coding_scheme_items, concept, private_schemes_in
+from dicomnode.results.codes import codes, coding_scheme_items, concept, private_schemes_in
 from dicomnode.results.sources import SourceIndex, library_entry
 
 #: The two SR storage classes the node writes; Comprehensive SR (88.33) by default,
@@ -54,7 +51,7 @@ SR_SOP_CLASSES = {
     "comprehensive3d": Comprehensive3DSRStorage,
 }
 
-_SR_CLASSES: dict[str, type[hd.sr.ComprehensiveSR] | type[hd.sr.Comprehensive3DSR]] = {
+SR_CLASSES: dict[str, type[hd.sr.ComprehensiveSR] | type[hd.sr.Comprehensive3DSR]] = {
     ComprehensiveSRStorage: hd.sr.ComprehensiveSR,
     Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR,
 }
@@ -85,7 +82,8 @@ class SRParams:
     predecessors: Sequence[Dataset] = ()
 
 
-def _percent(confidence: float) -> float:
+def percent(confidence: float) -> float:
+    """A confidence in [0, 1] as the SR's percentage (0.001 % precision)."""
     if not 0.0 <= confidence <= 1.0:
         raise ValueError(f"confidence {confidence} outside [0, 1]")
     return round(confidence * 100.0, 3)
@@ -94,7 +92,7 @@ def _percent(confidence: float) -> float:
 def _certainty(value: float, refs: Sequence[ImageReference]) -> hd.sr.Measurement:
     return hd.sr.Measurement(
         name=concept(codes.CERTAINTY_OF_FINDING),
-        value=_percent(value),
+        value=percent(value),
         unit=concept(codes.PERCENT),
         referenced_images=[_measurement_source(r, r.frame_numbers) for r in refs],
     )
@@ -110,7 +108,7 @@ def _item_certainty(value: float) -> Dataset:
     """A HAS PROPERTIES NUM Certainty of Finding child for one evaluation."""
     return hd.sr.NumContentItem(
         name=concept(codes.CERTAINTY_OF_FINDING),
-        value=_percent(value),
+        value=percent(value),
         unit=concept(codes.PERCENT),
         relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
     )
@@ -122,8 +120,11 @@ def _attach(item: Dataset, child: Dataset) -> None:
     item.ContentSequence.append(child)
 
 
-def _group_confidence(finding: Finding) -> tuple[float | None, bool]:
-    """The group's certainty, and whether evaluations keep their own confidences."""
+def group_confidence(finding: Finding) -> tuple[float | None, bool]:
+    """The group's Certainty of Finding, and whether evaluations keep their own.
+
+    Raises ``ValueError`` when a measurement's confidence would have no place.
+    """
     confident = [c for c in (*(e.confidence for e in finding.evaluations),
                              *(m.confidence for m in finding.measurements)) if c is not None]
     if finding.confidence is None and len(confident) == 1:
@@ -139,7 +140,7 @@ def _group_confidence(finding: Finding) -> tuple[float | None, bool]:
 
 def _measurements(finding: Finding) -> list[hd.sr.Measurement]:
     out = []
-    confidence, _ = _group_confidence(finding)
+    confidence, _ = group_confidence(finding)
     if confidence is not None:
         out.append(_certainty(confidence, finding.references))
     for m in finding.measurements:
@@ -175,7 +176,7 @@ def _group(
         sources.get(ref)
         for m in finding.measurements:
             sources.get(ImageReference(ref.sop_instance_uid, ref.sop_class_uid, m.frame_numbers))
-    _, per_item = _group_confidence(finding)
+    _, per_item = group_confidence(finding)
     common: dict[str, Any] = dict(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=finding.tracking_id),
         finding_type=concept(finding.finding),
@@ -285,7 +286,7 @@ def build_sr(
         # The Image Library is required by OHIF (it dereferences it unchecked).
         referenced_images=[library_entry(ds) for ds in referenced],
     )
-    sr_class = _SR_CLASSES.get(params.sop_class_uid)
+    sr_class = SR_CLASSES.get(params.sop_class_uid)
     if sr_class is None:
         raise ValueError(f"SR SOP Class {params.sop_class_uid} is not one the node writes")
     probe = Dataset()
@@ -311,147 +312,3 @@ def build_sr(
         coding_schemes=coding_scheme_items(schemes) or None,
     )
     return sr
-
-
-# ---------------------------------------------------------------------------
-# Reading back
-# ---------------------------------------------------------------------------
-
-_CERTAINTY = codes.CERTAINTY_OF_FINDING
-#: CONTAINS CODE rows of TID 1501/1410 that are not qualitative evaluations.
-_STRUCTURAL_CODES = frozenset({codes.FINDING, codes.GEOMETRIC_PURPOSE_OF_REGION})
-
-
-def _item_confidence(item: Dataset) -> float | None:
-    for child in item.get("ContentSequence", []):
-        if (child.ValueType == "NUM" and child.RelationshipType == "HAS PROPERTIES"
-                and code_of(child.ConceptNameCodeSequence[0]) == _CERTAINTY):
-            return float(child.MeasuredValueSequence[0].NumericValue) / 100.0
-    return None
-
-
-def _image_refs(item: Dataset) -> list[ImageReference]:
-    out = []
-    for child in item.get("ContentSequence", []):
-        if child.ValueType == "IMAGE" and child.RelationshipType in ("INFERRED FROM", "SELECTED FROM",
-                                                                     "CONTAINS"):
-            ref = child.ReferencedSOPSequence[0]
-            frames = ref.get("ReferencedFrameNumber")
-            frames = () if frames is None else tuple(int(f) for f in
-                                                     (frames if isinstance(frames, Sequence) and not
-                                                      isinstance(frames, str) else [frames]))
-            out.append(ImageReference(str(ref.ReferencedSOPInstanceUID),
-                                      str(ref.ReferencedSOPClassUID), frames))
-    return out
-
-
-def content_items(ds: Dataset) -> Iterator[Dataset]:
-    """Every content item of an SR tree, depth first in document order."""
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from content_items(item)
-
-
-def _tracking_uids(sr: Dataset) -> list[str]:
-    """Tracking Unique Identifiers (112040) in document order."""
-    return [str(item.UID) for item in content_items(sr) if item.get("ValueType") == "UIDREF"
-            and item.ConceptNameCodeSequence[0].CodeValue == "112040"]
-
-
-def read_findings(sr: Dataset) -> list[Finding]:
-    """The findings of an SR this module wrote, through ``highdicom.sr.srread`` types.
-
-    Confidences come back from Certainty of Finding: the group's as
-    :attr:`Finding.confidence`, an item's own as its ``confidence``.
-    """
-    report = getattr(sr, "content", None)
-    if not isinstance(report, hd.sr.MeasurementReport):
-        # A document just built holds a generic ContentSequence; srread's has the template.
-        sr_class = _SR_CLASSES.get(str(sr.SOPClassUID))
-        if sr_class is None:
-            raise ValueError(f"SR {sr.SOPInstanceUID}: SOP Class {sr.SOPClassUID} is not one we write")
-        report = sr_class.from_dataset(sr).content
-    if not isinstance(report, hd.sr.MeasurementReport):
-        raise ValueError(f"SR {sr.SOPInstanceUID} is not a TID 1500 Imaging Measurement Report")
-    out: list[Finding] = []
-    groups = [*report.get_image_measurement_groups(), *report.get_planar_roi_measurement_groups()]
-    # highdicom returns 1501 groups, then 1410 ones; the document order is the findings'.
-    order = {uid: i for i, uid in enumerate(_tracking_uids(sr))}
-    groups.sort(key=lambda g: order.get(str(g.tracking_uid), len(order)))
-    for group in groups:
-        root = group[0]
-        confidence = None
-        measurements = []
-        for m in group.get_measurements():
-            name = code_of(m.name)
-            if name == _CERTAINTY:
-                confidence = float(m.value) / 100.0
-                continue
-            frames: tuple[int, ...] = ()
-            refs = m.referenced_images
-            if refs and refs[0].referenced_frame_numbers:
-                frames = tuple(int(f) for f in refs[0].referenced_frame_numbers)
-            measurements.append(Measurement(name, float(m.value), code_of(m.unit), None, frames))
-        # highdicom rebuilds QualitativeEvaluation items without their children, so the
-        # CODE items are read from the group itself, less the template's own rows.
-        evaluations = [
-            Evaluation(code_of(item.ConceptNameCodeSequence[0]),
-                       code_of(item.ConceptCodeSequence[0]), _item_confidence(item))
-            for item in root.ContentSequence
-            if item.ValueType == "CODE" and item.RelationshipType == "CONTAINS"
-            and code_of(item.ConceptNameCodeSequence[0]) not in _STRUCTURAL_CODES
-        ]
-        point = None
-        if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations):
-            region = group.roi
-            assert region is not None
-            col, row = (float(v) for v in region.value[0])
-            point = Point(col, row)
-            references = [_image_refs(item)[0] for item in root.ContentSequence
-                          if item.ValueType == "SCOORD"]
-        else:
-            assert isinstance(group, hd.sr.MeasurementsAndQualitativeEvaluations)
-            references = [ImageReference(str(s.referenced_sop_instance_uid),
-                                         str(s.referenced_sop_class_uid),
-                                         tuple(int(f) for f in (s.referenced_frame_numbers or ())))
-                          for s in group.source_images]
-        sites = group.finding_sites
-        if group.finding_type is None:
-            raise ValueError(f"SR {sr.SOPInstanceUID}: a measurement group has no Finding")
-        out.append(Finding(
-            tracking_id=str(group.tracking_identifier),
-            finding=code_of(group.finding_type),
-            references=tuple(references),
-            evaluations=tuple(evaluations),
-            measurements=tuple(measurements),
-            confidence=confidence,
-            finding_site=code_of(sites[0].value) if sites else None,
-            point=point,
-        ))
-    return out
-
-
-def canonical(finding: Finding) -> Finding:
-    """``finding`` as an SR states it: what :func:`read_findings` gives back.
-
-    A single confident item's confidence moves to the group; confidences are kept
-    to the 0.001 % the document holds; patient coordinates are not encoded (the 2D
-    SCOORD is on the image).
-    """
-    group, per_item = _group_confidence(finding)
-
-    def _c(value: float | None) -> float | None:
-        return None if value is None else _percent(value) / 100.0
-
-    return Finding(
-        tracking_id=finding.tracking_id,
-        finding=finding.finding,
-        references=finding.references,
-        evaluations=tuple(Evaluation(e.concept, e.value, _c(e.confidence) if per_item else None)
-                          for e in finding.evaluations),
-        measurements=tuple(Measurement(m.concept, float(m.value), m.unit, None, m.frame_numbers)
-                           for m in finding.measurements),
-        confidence=_c(group),
-        finding_site=finding.finding_site,
-        point=None if finding.point is None else Point(finding.point.column, finding.point.row),
-    )

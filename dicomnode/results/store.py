@@ -23,10 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dicomnode.log import bind
 from dicomnode.results.build import ResultObject
 from dicomnode.storage.db import Database
 from dicomnode.storage.index import get_or_create
@@ -151,7 +153,7 @@ def store_results(
         files[obj.sop_instance_uid] = (relative, len(data), sha)
 
     out: list[StoredResult] = []
-    with db.write() as session:
+    with bind(job=job_id), db.write() as session:
         for obj in objects:
             uid = obj.sop_instance_uid
             if uid in known:
@@ -178,9 +180,10 @@ def store_results(
             if obj.supersedes:
                 _supersede(session, uid, obj.supersedes, set(uids))
             out.append(StoredResult(result_id, uid, obj.kind, relative, created))
-    for item in out:
-        logger.info("stored %s result %s (%s)%s", item.kind, item.sop_instance_uid, item.path,
-                    "" if item.created else " - already stored")
+    with bind(job=job_id):
+        for item in out:
+            logger.info("stored %s result %s (%s)%s", item.kind, item.sop_instance_uid, item.path,
+                        "" if item.created else " - already stored")
     return out
 
 
@@ -201,3 +204,21 @@ def _supersede(session: Session, new_uid: str, old_uids: Sequence[str], keep: se
             continue
         row.superseded_by = new_uid
         logger.info("result %s (%s) superseded by %s", row.sop_instance_uid, row.kind, new_uid)
+
+
+def current_reports(db: Database, study_instance_uid: str, module: str) -> list[Result]:
+    """The module's SRs for the study that nothing supersedes yet (what a re-run replaces)."""
+    with db.session() as session:
+        return list(session.scalars(
+            select(Result).where(Result.study_instance_uid == study_instance_uid,
+                                 Result.module == module, Result.kind == "SR",
+                                 Result.superseded_by == "")
+            .order_by(Result.id)))
+
+
+def predecessor_headers(db: Database, spool: Spool | Path, study_instance_uid: str,
+                        module: str) -> list[Dataset]:
+    """Headers of :func:`current_reports`, read from the spool: ``build_results(predecessor=…)``."""
+    spool = spool if isinstance(spool, Spool) else Spool(Path(spool))
+    return [pydicom.dcmread(spool.absolute(r.path), stop_before_pixels=True)
+            for r in current_reports(db, study_instance_uid, module)]

@@ -25,10 +25,10 @@ def test_building_twice_gives_identical_uids() -> None:
         first = build_results(scenario.findings, scenario.images, scenario.sources, make_settings())
         again = build_results(scenario.findings, scenario.images, scenario.sources, make_settings())
         assert _uids(first) == _uids(again)
-        tracking = [[str(e.value) for e in o.dataset.iterall() if e.VR == "UI"] for o in first]
-        tracking_again = [[str(e.value) for e in o.dataset.iterall() if e.VR == "UI"]
+        every_uid = [[str(e.value) for e in o.dataset.iterall() if e.VR == "UI"] for o in first]
+        every_uid_again = [[str(e.value) for e in o.dataset.iterall() if e.VR == "UI"]
                           for o in again]
-        assert tracking == tracking_again
+        assert every_uid == every_uid_again
 
 
 def test_every_result_uid_is_valid_and_under_the_node_root() -> None:

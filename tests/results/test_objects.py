@@ -14,7 +14,7 @@ from results.scenarios import keyframes, quality, spine
 from ai.core import codes
 from ai.core.contract import Finding, ImageReference, Measurement, RenderedImage
 from dicomnode.results.build import build_results
-from dicomnode.results.sr import canonical, content_items, read_findings
+from dicomnode.results.srread import canonical, content_items, read_findings
 from dicomnode.results.uids import device_uid
 
 

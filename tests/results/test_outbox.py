@@ -37,7 +37,7 @@ from dicomnode.results import (
     record_commitment,
     store_results,
 )
-from dicomnode.results.sr import canonical, read_findings
+from dicomnode.results.srread import canonical, read_findings
 from dicomnode.storage.db import Database, open_database
 from dicomnode.storage.models import Delivery, Result
 
