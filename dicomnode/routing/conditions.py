@@ -29,7 +29,14 @@ OPERATORS = (
 
 
 class ConditionError(ValueError):
-    """A condition in a rules file is malformed; the message says which part and why."""
+    """A condition in a rules file is malformed; the message says which part and why.
+
+    ``attribute`` names the key it is about (so the rules loader can find its line).
+    """
+
+    def __init__(self, message: str, attribute: str | None = None) -> None:
+        super().__init__(message)
+        self.attribute = attribute
 
 
 def _norm(value: Any) -> Any:
@@ -161,41 +168,44 @@ def parse_conditions(attribute: str, spec: Any, known: Sequence[str]) -> list[Co
         of the wrong type; the message names the part.
     """
     if attribute not in known:
-        raise ConditionError(f"unknown attribute {attribute!r} (known: {', '.join(known)})")
+        raise ConditionError(f"unknown attribute {attribute!r} (known: {', '.join(known)})", attribute)
     if isinstance(spec, str | int | float) and not isinstance(spec, bool):
         return [Condition(attribute, "equals", spec)]
     if not isinstance(spec, Mapping) or not spec:
         raise ConditionError(f"{attribute}: expected a value or a table of operators "
-                             f"({', '.join(OPERATORS)})")
+                             f"({', '.join(OPERATORS)})", attribute)
     out: list[Condition] = []
     for op, value in spec.items():
         where = f"{attribute}.{op}"
         if op not in OPERATORS:
-            raise ConditionError(f"{where}: unknown operator (use {', '.join(OPERATORS)})")
+            raise ConditionError(f"{where}: unknown operator (use {', '.join(OPERATORS)})", attribute)
         if op in ("equals", "not_equals"):
             if not isinstance(value, str | int | float) or isinstance(value, bool):
-                raise ConditionError(f"{where}: expected a string or number")
+                raise ConditionError(f"{where}: expected a string or number", attribute)
             out.append(Condition(attribute, op, value))
         elif op in ("in", "not_in", "contains", "contains_any", "contains_none"):
-            out.append(Condition(attribute, op, _strings(value, where)))
+            try:
+                out.append(Condition(attribute, op, _strings(value, where)))
+            except ConditionError as exc:
+                raise ConditionError(str(exc), attribute) from None
         elif op == "regex":
             if not isinstance(value, str):
-                raise ConditionError(f"{where}: expected a string")
+                raise ConditionError(f"{where}: expected a string", attribute)
             try:
                 out.append(Condition(attribute, op, re.compile(value, re.IGNORECASE)))
             except re.error as exc:
-                raise ConditionError(f"{where}: invalid regular expression: {exc}") from None
+                raise ConditionError(f"{where}: invalid regular expression: {exc}", attribute) from None
         elif op == "present":
             if not isinstance(value, bool):
-                raise ConditionError(f"{where}: expected true or false")
+                raise ConditionError(f"{where}: expected true or false", attribute)
             out.append(Condition(attribute, op, value))
     lo, hi = spec.get("min"), spec.get("max")
     for name, bound in (("min", lo), ("max", hi)):
         if name in spec and _as_number(bound) is None:
-            raise ConditionError(f"{attribute}.{name}: expected a number")
+            raise ConditionError(f"{attribute}.{name}: expected a number", attribute)
     if lo is not None or hi is not None:
         if lo is not None and hi is not None and float(lo) > float(hi):
-            raise ConditionError(f"{attribute}: min {lo} is greater than max {hi}")
+            raise ConditionError(f"{attribute}: min {lo} is greater than max {hi}", attribute)
         out.append(Condition(attribute, "range", (
             None if lo is None else float(lo), None if hi is None else float(hi))))
     return out

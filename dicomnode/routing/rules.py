@@ -139,7 +139,7 @@ def _parse_group(spec: Any, known: Sequence[str], where: str) -> tuple[Condition
             out.extend(parse_conditions(attribute, value, known))
         except ConditionError as exc:
             raise ConditionError(f"{where}.{exc}" if str(exc).startswith(attribute)
-                                 else f"{where}: {exc}") from None
+                                 else f"{where}: {exc}", attribute) from None
     return tuple(out)
 
 
@@ -180,9 +180,7 @@ def _parse_rule(raw: Any, index: int, lines: _Lines, source: str) -> Rule:
             return _parse_group(spec, known if section != "requires" else SERIES_ATTRIBUTES,
                                 section if section == "match" else f"{section}[{i}]")
         except ConditionError as exc:
-            bad = str(exc).split(":")[0].split(".")
-            key = bad[1] if len(bad) > 1 else None
-            raise error(str(exc), lines.find(index, section, i, key)) from None
+            raise error(str(exc), lines.find(index, section, i, exc.attribute)) from None
 
     match = group(raw.get("match", {}), "match")
     anys = raw.get("any", [])

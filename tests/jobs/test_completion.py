@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from conftest import storescu
 from dicom_factory import make_dataset, uid, write
+from sqlalchemy import select
+
 from dicomnode.storage.models import Event, Job, Result, Study
 
 
