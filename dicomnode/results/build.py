@@ -12,6 +12,7 @@ document pointing at it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,9 +95,19 @@ class ResultObject:
         return str(self.dataset.StudyInstanceUID)
 
 
+def _plain(value: Any) -> Any:
+    """JSON for what modules put in ``extra`` and ``gate``: numpy scalars and arrays too."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
 def findings_json(findings: Findings) -> dict[str, Any]:
-    """The findings as plain JSON (codes as value/scheme/meaning objects)."""
-    return dataclasses.asdict(findings)
+    """The findings as plain JSON (codes as value/scheme/meaning objects) for the index."""
+    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(findings), default=_plain))
+    return data
 
 
 def node_device(settings: Settings) -> Device:

@@ -88,7 +88,6 @@ def build_sc(image: RenderedImage, source: Dataset, device: Device, params: SCPa
     )
     sc["PatientOrientation"].value = ""
     sc.BurnedInAnnotation = "YES"
-    sc.RecognizableVisualFeatures = "NO"
     sc.LossyImageCompression = "00"
     # WSD (workstation): an honest conversion type for an AI rendering (DI claims a scan).
     sc.ConversionType = "WSD"

@@ -84,9 +84,10 @@ class SRParams:
 
 def percent(confidence: float) -> float:
     """A confidence in [0, 1] as the SR's percentage (0.001 % precision)."""
-    if not 0.0 <= confidence <= 1.0:
+    value = float(confidence)  # numpy scalars from a module are welcome too
+    if not 0.0 <= value <= 1.0:
         raise ValueError(f"confidence {confidence} outside [0, 1]")
-    return round(confidence * 100.0, 3)
+    return round(value * 100.0, 3)
 
 
 def _certainty(value: float, refs: Sequence[ImageReference]) -> hd.sr.Measurement:
@@ -149,7 +150,7 @@ def _measurements(finding: Finding) -> list[hd.sr.Measurement]:
         # given frames points at those; otherwise at the whole source instance.
         num = hd.sr.Measurement(
             name=concept(m.concept),
-            value=m.value,
+            value=float(m.value),
             unit=concept(m.unit),
             referenced_images=[_measurement_source(r, m.frame_numbers) for r in finding.references],
         )

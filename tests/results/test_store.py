@@ -7,10 +7,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from results.conftest import make_settings
-from results.scenarios import keyframes, spine
+from results.scenarios import keyframes, quality, spine
 from sqlalchemy import select
 
 from dicomnode.results.build import build_results
+from dicomnode.results.srread import read_findings
 from dicomnode.results.store import encode, store_results
 from dicomnode.storage.db import Database, open_database
 from dicomnode.storage.models import Delivery, Instance, Job, Result, Series
@@ -126,3 +127,24 @@ def test_predecessor_headers_are_the_current_reports_of_the_module(db: Database,
     assert [h.SOPInstanceUID for h in predecessor_headers(db, tmp_path, study, "spine")] == [
         o.sop_instance_uid for o in second if o.kind == "SR"]
     assert predecessor_headers(db, tmp_path, study, "quality") == []
+
+
+def test_numpy_values_from_a_module_are_stored_as_plain_json(db: Database, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+
+    scenario = quality()
+    findings = replace(scenario.findings, extra={"probabilities": np.array([0.25, 0.75]),
+                                                 "best": np.float32(0.75)},
+                       gate={"suitable": np.bool_(True)})
+    first = replace(findings.findings[0], confidence=np.float32(0.5))
+    findings = replace(findings, findings=(first, *findings.findings[1:]))
+    objects = build_results(findings, [], scenario.sources, make_settings())
+    store_results(db, tmp_path, None, objects, [])
+    with db.session() as s:
+        row = s.scalars(select(Result).where(Result.kind == "SR")).one()
+        assert row.findings["extra"] == {"probabilities": [0.25, 0.75], "best": 0.75}
+        assert row.findings["gate"] == {"suitable": True}
+    sr = next(o.dataset for o in objects if o.kind == "SR")
+    assert read_findings(sr)[0].confidence == 0.5
