@@ -44,8 +44,6 @@ The scheduler, every few seconds::
 and :func:`~dicomnode.results.outbox.pending_deliveries` ``(db, job_id=…)`` (each row
 with its reason and next attempt).
 
-What a re-run supersedes: :func:`~dicomnode.results.store.predecessor_headers` ``(db,
-spool, study_instance_uid, module)`` gives the headers to pass as ``predecessor``.
 Reading an SR back: :func:`~dicomnode.results.srread.read_findings`.
 All codes: :mod:`ai.core.codes` (adapted for highdicom in :mod:`dicomnode.results.codes`).
 """
@@ -60,7 +58,7 @@ from dicomnode.results.outbox import (
     record_commitment,
 )
 from dicomnode.results.srread import read_findings
-from dicomnode.results.store import StoredResult, predecessor_headers, store_results
+from dicomnode.results.store import StoredResult, store_results
 
 __all__ = [
     "BuildOptions",
@@ -71,7 +69,6 @@ __all__ = [
     "deliver_due",
     "pending_deliveries",
     "pending_summary",
-    "predecessor_headers",
     "read_findings",
     "record_commitment",
     "store_results",

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -205,20 +204,3 @@ def _supersede(session: Session, new_uid: str, old_uids: Sequence[str], keep: se
         row.superseded_by = new_uid
         logger.info("result %s (%s) superseded by %s", row.sop_instance_uid, row.kind, new_uid)
 
-
-def current_reports(db: Database, study_instance_uid: str, module: str) -> list[Result]:
-    """The module's SRs for the study that nothing supersedes yet (what a re-run replaces)."""
-    with db.session() as session:
-        return list(session.scalars(
-            select(Result).where(Result.study_instance_uid == study_instance_uid,
-                                 Result.module == module, Result.kind == "SR",
-                                 Result.superseded_by == "")
-            .order_by(Result.id)))
-
-
-def predecessor_headers(db: Database, spool: Spool | Path, study_instance_uid: str,
-                        module: str) -> list[Dataset]:
-    """Headers of :func:`current_reports`, read from the spool: ``build_results(predecessor=…)``."""
-    spool = spool if isinstance(spool, Spool) else Spool(Path(spool))
-    return [pydicom.dcmread(spool.absolute(r.path), stop_before_pixels=True)
-            for r in current_reports(db, study_instance_uid, module)]

@@ -110,25 +110,6 @@ def test_encode_writes_a_part10_file() -> None:
     assert data[128:132] == b"DICM"
 
 
-def test_predecessor_headers_are_the_current_reports_of_the_module(db: Database, tmp_path: Path) -> None:
-    from dicomnode.results.store import predecessor_headers
-
-    scenario = spine()
-    settings = make_settings()
-    study = str(scenario.sources[0].StudyInstanceUID)
-    assert predecessor_headers(db, tmp_path, study, "spine") == []
-    first = build_results(scenario.findings, scenario.images, scenario.sources, settings)
-    store_results(db, tmp_path, None, first, [])
-    headers = predecessor_headers(db, tmp_path, study, "spine")
-    assert [h.SOPInstanceUID for h in headers] == [o.sop_instance_uid for o in first if o.kind == "SR"]
-    second = build_results(scenario.findings, scenario.images, scenario.sources, settings,
-                           predecessor=headers)
-    store_results(db, tmp_path, None, second, [])
-    assert [h.SOPInstanceUID for h in predecessor_headers(db, tmp_path, study, "spine")] == [
-        o.sop_instance_uid for o in second if o.kind == "SR"]
-    assert predecessor_headers(db, tmp_path, study, "quality") == []
-
-
 def test_numpy_values_from_a_module_are_stored_as_plain_json(db: Database, tmp_path: Path) -> None:
     from dataclasses import replace
 
