@@ -314,12 +314,19 @@ class AIModule(abc.ABC):
     ) -> torch.utils.data.Dataset[Any]:
         """A MONAI dataset over ``samples``; cached when ``training.cache_rate`` > 0.
 
-        Modules whose transform is random (augmentation) or whose items are large
-        override this or set ``cache_rate`` to 0.
+        A plain callable from :meth:`transform` is taken as deterministic and its
+        results are cached (wrapped in MONAI ``Lambda``; MONAI would otherwise treat
+        a non-``Transform`` callable as random and recompute it every epoch).  For
+        augmentation return a MONAI ``Compose``: it is cached up to its first
+        ``Randomizable`` transform.  Modules whose items are large set
+        ``cache_rate`` to 0 or override this.
         """
         from monai.data import CacheDataset, Dataset
+        from monai.transforms import Lambda, Transform
 
         fn = self.transform(config, train=train)
+        if not isinstance(fn, Transform):
+            fn = Lambda(fn)
         rate = float(config.get("training", {}).get("cache_rate", 1.0))
         if rate <= 0:
             return Dataset(data=list(samples), transform=fn)
