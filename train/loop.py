@@ -164,6 +164,7 @@ def train(
     logger.info("building datasets: %d training, %d validation samples",
                 len(train_samples), len(val_samples))
     train_ds = module.dataset(train_samples, cfg, train=True)
+    logger.info("datasets ready; training %s for %d epochs on %s", module.name, epochs, dev)
     network = module.network(cfg).to(dev)
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=float(tcfg.get("lr", 1e-3)),
@@ -225,6 +226,8 @@ def train(
                            description=f"{module.name} epoch {epoch + 1}/{epochs}")
             history.append({"epoch": epoch + 1, "loss": running / max(count, 1),
                             "seconds": round(time.monotonic() - t0, 2)})
+            logger.info("%s epoch %d/%d: loss %.4f (%.0f s)", module.name, epoch + 1, epochs,
+                        history[-1]["loss"], history[-1]["seconds"])
             save_checkpoint(ckpt_dir, epoch=epoch + 1, fingerprint=fp, network=network,
                             optimizer=optimizer, scheduler=scheduler, history=history)
 
