@@ -57,7 +57,8 @@ class DeliveryReport:
     failed: int = 0
     by_destination: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def _count(self, destination: str, key: str) -> None:
+    def count(self, destination: str, key: str) -> None:
+        """Add one to ``key`` overall and for ``destination``."""
         setattr(self, key, getattr(self, key) + 1)
         per = self.by_destination.setdefault(destination, {})
         per[key] = per.get(key, 0) + 1
@@ -119,8 +120,8 @@ def _record(db: Database, settings: Settings, due: _Due, outcome: StoreOutcome |
             if status != st.SUCCESS:
                 logger.warning("delivered %s %s to %s with %s", due.kind, due.sop_instance_uid,
                                due.destination, st.describe(status or 0))
-                report._count(due.destination, "warnings")
-            report._count(due.destination, "delivered")
+                report.count(due.destination, "warnings")
+            report.count(due.destination, "delivered")
             return
         attempts = due.attempts + 1
         row.attempts = attempts
@@ -131,7 +132,7 @@ def _record(db: Database, settings: Settings, due: _Due, outcome: StoreOutcome |
             row.next_attempt_at = None
             logger.error("delivery of %s %s to %s failed for good after %d attempts: %s",
                          due.kind, due.sop_instance_uid, due.destination, attempts, row.last_error)
-            report._count(due.destination, "failed")
+            report.count(due.destination, "failed")
             return
         delay = backoff_seconds(settings, attempts)
         row.next_attempt_at = now + dt.timedelta(seconds=delay)
@@ -140,7 +141,7 @@ def _record(db: Database, settings: Settings, due: _Due, outcome: StoreOutcome |
             due.kind, due.sop_instance_uid, due.destination, attempts, row.last_error,
             row.next_attempt_at.isoformat(timespec="seconds"), delay,
         )
-        report._count(due.destination, "retrying")
+        report.count(due.destination, "retrying")
 
 
 def _destination(settings: Settings, name: str) -> Destination | None:
