@@ -24,10 +24,12 @@ from pydicom.dataset import Dataset
 import dicomnode
 from ai.core.contract import Findings, RenderedImage
 from dicomnode.config import Settings
-from dicomnode.results.kos import KOSParams, build_kos, frames_by_instance
-from dicomnode.results.sc import SCParams, build_sc
+from dicomnode.results.device import Device, Placement
+from dicomnode.results.gspr import build_gsps
+from dicomnode.results.kos import build_kos, frames_by_instance
+from dicomnode.results.sc import build_sc
 from dicomnode.results.sources import SourceIndex, read_header
-from dicomnode.results.sr import SR_SOP_CLASSES, Device, SRParams, build_sr
+from dicomnode.results.sr import SR_SOP_CLASSES, build_sr
 from dicomnode.results.srread import content_items
 from dicomnode.results.uids import ResultIdentity, device_uid
 
@@ -180,13 +182,15 @@ def build_results(
     module = findings.module
     out: list[ResultObject] = []
 
+    def place(kind: str, number: int, what: str) -> Placement:
+        return Placement(identity.series_uid(kind), SERIES_NUMBERS[kind],
+                         identity.sop_uid(kind, number), number + 1, _description(module, what))
+
     scs: list[Dataset] = []
     for i, image in enumerate(images):
-        sc = build_sc(image, index.get(image.source), device, SCParams(
-            identity.series_uid(SC), SERIES_NUMBERS[SC], identity.sop_uid(SC, i), i + 1,
-            series_description=_description(module, "images, not for diagnosis"),
-            derivation=f"{module} {findings.model_version}: {image.caption}",
-        ))
+        sc = build_sc(image, index.get(image.source), device,
+                      place(SC, i, "images, not for diagnosis"),
+                      derivation=f"{module} {findings.model_version}: {image.caption}")
         scs.append(sc)
         out.append(ResultObject(SC, sc, module, findings={"caption": image.caption}))
 
@@ -205,17 +209,13 @@ def build_results(
     ):
         if not selected:
             continue
-        sr = build_sr(findings, selected, index, device, SRParams(
-            series_instance_uid=identity.series_uid(SR),
-            series_number=SERIES_NUMBERS[SR],
-            sop_instance_uid=identity.sop_uid(SR, index_in_series),
-            instance_number=index_in_series + 1,
+        sr = build_sr(
+            findings, selected, index, device, place(SR, index_in_series, "report"),
             tracking_uids=[identity.tracking_uid(SR, index_in_series * 10000 + j, f.tracking_id)
                            for j, f in enumerate(selected)],
             sop_class_uid=SR_SOP_CLASSES[options.sr_storage],
-            series_description=_description(module, "report"),
             predecessors=preds,
-        ))
+        )
         out.append(ResultObject(
             SR, sr, module, supersedes=tuple(str(p.SOPInstanceUID) for p in preds),
             findings=findings_json(dataclasses.replace(findings, findings=tuple(selected))),
@@ -226,18 +226,11 @@ def build_results(
         frames = frames_by_instance(findings.key_frames)
         description = findings.summary or "AI key frames: " + "; ".join(
             "frames " + ", ".join(map(str, f)) for f in frames.values() if f)
-        kos = build_kos(findings.key_frames, index, device, KOSParams(
-            identity.series_uid(KO), SERIES_NUMBERS[KO], identity.sop_uid(KO, 0), 1,
-            series_description=_description(module, "key frames"),
-        ), description=description, also=scs)
+        kos = build_kos(findings.key_frames, index, device, place(KO, 0, "key frames"),
+                        description=description, also=scs)
         out.append(ResultObject(KO, kos, module, findings={"key_frames": frames}))
 
     if options.gsps and points:
-        from dicomnode.results.gspr import GSPSParams, build_gsps
-
-        gsps = build_gsps(points, index, device, GSPSParams(
-            identity.series_uid(PR), SERIES_NUMBERS[PR], identity.sop_uid(PR, 0), 1,
-            series_description=_description(module, "landmark graphics"),
-        ))
+        gsps = build_gsps(points, index, device, place(PR, 0, "landmark graphics"))
         out.append(ResultObject(PR, gsps, module))
     return out

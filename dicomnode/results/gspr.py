@@ -13,28 +13,16 @@ its window, or the full range of BitsStored when it has none.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
 from ai.core.contract import Finding
+from dicomnode.results.device import Device, Placement
 from dicomnode.results.sources import SourceIndex
-from dicomnode.results.sr import Device
 
 LAYER = "AI_RESULTS"
-
-
-@dataclass(frozen=True)
-class GSPSParams:
-    """Where the GSPS goes."""
-
-    series_instance_uid: str
-    series_number: int
-    sop_instance_uid: str
-    instance_number: int
-    series_description: str = ""
 
 
 def _first(value: object, default: float) -> float:
@@ -60,7 +48,7 @@ def _luts(ds: Dataset) -> tuple[hd.ModalityLUTTransformation, hd.pr.SoftcopyVOIL
 
 
 def build_gsps(points: Sequence[Finding], sources: SourceIndex, device: Device,
-               params: GSPSParams) -> Dataset:
+               placement: Placement) -> Dataset:
     """A GSPS drawing each finding's point (and its tracking identifier) on its image.
 
     All points must lie on images of one series (a GSPS presents one series).
@@ -93,21 +81,14 @@ def build_gsps(points: Sequence[Finding], sources: SourceIndex, device: Device,
     modality_lut, voi_lut = _luts(images[0])
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=images,
-        series_instance_uid=params.series_instance_uid,
-        series_number=params.series_number,
-        sop_instance_uid=params.sop_instance_uid,
-        instance_number=params.instance_number,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model_name,
-        software_versions=device.software_version or "dicomnode",
-        device_serial_number=device.name,
+        **placement.kwargs(),
+        **device.equipment(),
         content_label=LAYER,
         content_description="AI landmarks",
         graphic_layers=[layer],
         graphic_annotations=annotations,
         modality_lut_transformation=modality_lut,
         voi_lut_transformations=[voi_lut],
-        series_description=params.series_description or None,
     )
     # dciodvfy wants Laterality unless BodyPartExamined says the part is unpaired (E8);
     # dcentvfy wants StudyDescription like the rest of the study (W5).

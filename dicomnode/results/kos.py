@@ -12,26 +12,14 @@ construction (results-notes §2.3):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 
 from ai.core.contract import ImageReference
 from dicomnode.results.codes import codes, concept
+from dicomnode.results.device import Device, Placement
 from dicomnode.results.sources import SourceIndex
-from dicomnode.results.sr import Device
-
-
-@dataclass(frozen=True)
-class KOSParams:
-    """Where the KOS goes."""
-
-    series_instance_uid: str
-    series_number: int
-    sop_instance_uid: str
-    instance_number: int
-    series_description: str = ""
 
 
 def frames_by_instance(key_frames: Sequence[ImageReference]) -> dict[str, list[int]]:
@@ -46,7 +34,7 @@ def build_kos(
     key_frames: Sequence[ImageReference],
     sources: SourceIndex,
     device: Device,
-    params: KOSParams,
+    placement: Placement,
     *,
     description: str,
     also: Sequence[Dataset] = (),
@@ -61,8 +49,8 @@ def build_kos(
         Headers of the job's inputs.
     device : Device
         The node, as the selecting observer.
-    params : KOSParams
-        UIDs and numbers.
+    placement : Placement
+        The KOS series and instance.
     description : str
         Key Object Description (113012), e.g. ``"AI key frames: start 3, apex 6, end 10"``.
     also : sequence of Dataset
@@ -72,31 +60,17 @@ def build_kos(
         raise ValueError("build_kos: no key frames")
     selected = sources.resolve(key_frames)
     frames = frames_by_instance(key_frames)
-    observer = hd.sr.ObserverContext(
-        observer_type=concept(codes.DEVICE),
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device.uid, name=device.name, manufacturer_name=device.manufacturer,
-            model_name=device.model_name,
-        ),
-    )
     content = hd.ko.KeyObjectSelection(
         document_title=concept(codes.OF_INTEREST),
         referenced_objects=[*selected, *also],
-        observer_device_context=observer,
+        observer_device_context=device.observer_context(),
         description=description,
     )
     kos = hd.ko.KeyObjectSelectionDocument(
         evidence=[*selected, *also],
         content=content,
-        series_instance_uid=params.series_instance_uid,
-        series_number=params.series_number,
-        sop_instance_uid=params.sop_instance_uid,
-        instance_number=params.instance_number,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model_name,
-        software_versions=device.software_version or None,
-        device_serial_number=device.name,
-        series_description=params.series_description or None,
+        **placement.kwargs(),
+        **device.equipment(),
     )
     for item in kos.ContentSequence:
         if item.ValueType not in ("IMAGE", "COMPOSITE"):

@@ -14,30 +14,16 @@ leaves out what a PACS user needs to place and trust the picture (results-notes
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
 from ai.core.contract import RenderedImage
 from dicomnode.results.codes import codes, concept
+from dicomnode.results.device import Device, Placement
 from dicomnode.results.sources import check_frames
-from dicomnode.results.sr import Device
 
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS"
-
-
-@dataclass(frozen=True)
-class SCParams:
-    """Where one Secondary Capture goes."""
-
-    series_instance_uid: str
-    series_number: int
-    sop_instance_uid: str
-    instance_number: int
-    series_description: str = ""
-    derivation: str = ""
 
 
 def _copy(src: Dataset, dst: Dataset, *keywords: str) -> None:
@@ -47,7 +33,8 @@ def _copy(src: Dataset, dst: Dataset, *keywords: str) -> None:
             setattr(dst, keyword, value)
 
 
-def build_sc(image: RenderedImage, source: Dataset, device: Device, params: SCParams) -> Dataset:
+def build_sc(image: RenderedImage, source: Dataset, device: Device, placement: Placement,
+             *, derivation: str = "") -> Dataset:
     """One RGB Secondary Capture of ``image`` in the source's study.
 
     Parameters
@@ -58,8 +45,10 @@ def build_sc(image: RenderedImage, source: Dataset, device: Device, params: SCPa
         Header of that instance (``stop_before_pixels`` is enough).
     device : Device
         The node (Manufacturer, model, software version).
-    params : SCParams
-        UIDs, numbers, descriptions.
+    placement : Placement
+        The SC series and instance.
+    derivation : str
+        Derivation Description (default: the caption).
     """
     pixels = np.asarray(image.pixels)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
@@ -74,17 +63,10 @@ def build_sc(image: RenderedImage, source: Dataset, device: Device, params: SCPa
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=params.series_instance_uid,
-        series_number=params.series_number,
-        sop_instance_uid=params.sop_instance_uid,
-        instance_number=params.instance_number,
-        manufacturer=device.manufacturer,
         # highdicom insists on an orientation for PATIENT (E7); cleared below.
         patient_orientation=("A", "F"),
-        manufacturer_model_name=device.model_name,
-        software_versions=device.software_version or None,
-        device_serial_number=device.name,
-        series_description=params.series_description or None,
+        **placement.kwargs(),
+        **device.equipment(),
     )
     sc["PatientOrientation"].value = ""
     sc.BurnedInAnnotation = "YES"
@@ -100,7 +82,7 @@ def build_sc(image: RenderedImage, source: Dataset, device: Device, params: SCPa
     purpose = concept(codes.SOURCE_IMAGE_FOR_PROCESSING)
     ref.PurposeOfReferenceCodeSequence = [purpose]
     sc.SourceImageSequence = [ref]
-    sc.DerivationDescription = (params.derivation or image.caption)[:1024]
+    sc.DerivationDescription = (derivation or image.caption)[:1024]
     sc.DerivationCodeSequence = [concept(codes.DERIVATION_SEGMENTATION)]
     _copy(source, sc, "BodyPartExamined", "Laterality", "StudyDescription")
     return sc

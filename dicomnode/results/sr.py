@@ -28,7 +28,6 @@ raises rather than drop a confidence.  :func:`dicomnode.results.srread.read_find
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
@@ -42,6 +41,7 @@ from ai.core.contract import (
     ImageReference,
 )
 from dicomnode.results.codes import codes, coding_scheme_items, concept, private_schemes_in
+from dicomnode.results.device import Device, Placement
 from dicomnode.results.sources import SourceIndex, library_entry
 
 #: The two SR storage classes the node writes; Comprehensive SR (88.33) by default,
@@ -55,31 +55,6 @@ SR_CLASSES: dict[str, type[hd.sr.ComprehensiveSR] | type[hd.sr.Comprehensive3DSR
     ComprehensiveSRStorage: hd.sr.ComprehensiveSR,
     Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR,
 }
-
-
-@dataclass(frozen=True)
-class Device:
-    """The node as the SR's observer (TID 1004) and as the objects' equipment."""
-
-    uid: str
-    name: str
-    manufacturer: str = "dicomnode"
-    model_name: str = "dicomnode"
-    software_version: str = ""
-
-
-@dataclass(frozen=True)
-class SRParams:
-    """Where one SR document goes and what it supersedes."""
-
-    series_instance_uid: str
-    series_number: int
-    sop_instance_uid: str
-    instance_number: int
-    tracking_uids: Sequence[str]
-    sop_class_uid: str = ComprehensiveSRStorage
-    series_description: str = ""
-    predecessors: Sequence[Dataset] = ()
 
 
 def percent(confidence: float) -> float:
@@ -238,7 +213,11 @@ def build_sr(
     selected: Sequence[Finding],
     sources: SourceIndex,
     device: Device,
-    params: SRParams,
+    placement: Placement,
+    *,
+    tracking_uids: Sequence[str],
+    sop_class_uid: str = ComprehensiveSRStorage,
+    predecessors: Sequence[Dataset] = (),
 ) -> Dataset:
     """One TID 1500 Imaging Measurement Report over ``selected`` findings.
 
@@ -252,8 +231,14 @@ def build_sr(
         Headers of the job's inputs; the SR joins their study.
     device : Device
         The node as observer.
-    params : SRParams
-        UIDs, numbers, SOP class and predecessors.
+    placement : Placement
+        The SR series and instance.
+    tracking_uids : sequence of str
+        One Tracking Unique Identifier per finding.
+    sop_class_uid : str
+        Comprehensive SR (default) or Comprehensive 3D SR.
+    predecessors : sequence of Dataset
+        Headers of the SRs this one supersedes (Predecessor Documents Sequence).
 
     Returns
     -------
@@ -265,21 +250,14 @@ def build_sr(
     kinds = {f.point is not None for f in selected}
     if len(kinds) != 1:
         raise ValueError("build_sr: image-level and point findings go into separate documents")
-    if len(params.tracking_uids) != len(selected):
+    if len(tracking_uids) != len(selected):
         raise ValueError("build_sr: one tracking UID per finding is needed")
-    groups = [_group(f, findings, uid, sources) for f, uid in zip(selected, params.tracking_uids, strict=True)]
+    groups = [_group(f, findings, uid, sources) for f, uid in zip(selected, tracking_uids, strict=True)]
 
     referenced = sources.resolve([r for f in selected for r in f.references])
     modality = str(referenced[0].get("Modality", ""))
-    observer = hd.sr.ObserverContext(
-        observer_type=concept(codes.DEVICE),
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device.uid, name=device.name, manufacturer_name=device.manufacturer,
-            model_name=device.model_name,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_device_context=device.observer_context()),
         # Exactly one Procedure Reported (PixelMed 2022, E2), from the old∩new CID 100.
         procedure_reported=concept(codes.PROCEDURE_BY_MODALITY.get(modality, codes.IMAGING_PROCEDURE)),
         imaging_measurements=groups,
@@ -287,9 +265,9 @@ def build_sr(
         # The Image Library is required by OHIF (it dereferences it unchecked).
         referenced_images=[library_entry(ds) for ds in referenced],
     )
-    sr_class = SR_CLASSES.get(params.sop_class_uid)
+    sr_class = SR_CLASSES.get(sop_class_uid)
     if sr_class is None:
-        raise ValueError(f"SR SOP Class {params.sop_class_uid} is not one the node writes")
+        raise ValueError(f"SR SOP Class {sop_class_uid} is not one the node writes")
     probe = Dataset()
     probe.ContentSequence = report[0].ContentSequence
     schemes = private_schemes_in(probe)
@@ -297,19 +275,12 @@ def build_sr(
         # evidence[0] decides the study: a source of the reported study (pitfall §7).
         evidence=referenced,
         content=report,
-        series_instance_uid=params.series_instance_uid,
-        series_number=params.series_number,
-        sop_instance_uid=params.sop_instance_uid,
-        instance_number=params.instance_number,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model_name,
-        software_versions=device.software_version or None,
-        device_serial_number=device.name,
-        series_description=params.series_description or None,
+        **placement.kwargs(),
+        **device.equipment(),
         is_complete=True,
         is_final=False,  # AI output: PRELIMINARY and UNVERIFIED until a person signs it
         is_verified=False,
-        previous_versions=list(params.predecessors) or None,
+        previous_versions=list(predecessors) or None,
         coding_schemes=coding_scheme_items(schemes) or None,
     )
     return sr
