@@ -101,7 +101,7 @@ def xa_cine_dataset(
     # Multi-frame and Cine
     ds.NumberOfFrames = n
     ds.FrameIncrementPointer = FRAME_TIME_TAG
-    ds.FrameTime = f"{1000.0 / fps:.4g}"
+    ds.FrameTime = f"{1000.0 / fps:.6g}"
     ds.CineRate = max(1, round(fps))
     ds.RecommendedDisplayFrameRate = ds.CineRate
     # X-Ray Acquisition
