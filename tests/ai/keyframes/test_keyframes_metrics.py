@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ai.keyframes.detection import assign_targets, diou_loss_1d, soft_nms
 from ai.keyframes.metrics import frame_labels, keyframe_metrics, segment_iou
-
-import torch
 
 TRUTH = [
     {"run_id": "a", "keyframes": (2, 5, 8), "num_frames": 10},
