@@ -11,7 +11,7 @@ Per finding, one measurement group::
     Finding [+ Finding Site]
     Algorithm Name / Version / Parameters ("sha256=…")           TID 4019
     NUM Certainty of Finding (%)          └ INFERRED FROM IMAGE (source, frames)
-    NUM per measurement (UCUM)            └ INFERRED FROM IMAGE [└ HAS PROPERTIES certainty]
+    NUM per measurement (UCUM)            └ INFERRED FROM IMAGE (source, its frames)
     CODE per evaluation                   [└ HAS PROPERTIES NUM certainty]
     1501: IMAGE Source of Measurement (frames)   1410: SCOORD POINT └ SELECTED FROM IMAGE
 
@@ -20,10 +20,11 @@ its one confident evaluation or measurement.  When several evaluations carry the
 own (a multi-label disc), each CODE item gets a HAS PROPERTIES NUM certainty child
 (PixelMed 2022 only warns: the evaluation rows are not in its templates anyway, W2).
 A NUM cannot carry one: TID 300 allows only INFERRED FROM NUM children and PixelMed
-reports HAS PROPERTIES there as an error, so a finding whose measurements carry
-confidences has at most one confident item; a module with a confidence per number
-(the three keyframes) reports one :class:`Finding` per number.  :func:`build_sr`
-raises rather than drop a confidence.  :func:`dicomnode.results.srread.read_findings` reads all of it back.
+reports HAS PROPERTIES there as an error.  So measurement confidences reach the SR
+only as the group's certainty: with :attr:`Finding.confidence` set (the keyframes
+module gives the lowest of its three) they stay in the index's findings JSON; with
+none set and several confident measurements :func:`build_sr` raises rather than
+pick one.  :func:`dicomnode.results.srread.read_findings` reads it all back.
 """
 from __future__ import annotations
 
@@ -99,19 +100,23 @@ def _attach(item: Dataset, child: Dataset) -> None:
 def group_confidence(finding: Finding) -> tuple[float | None, bool]:
     """The group's Certainty of Finding, and whether evaluations keep their own.
 
-    Raises ``ValueError`` when a measurement's confidence would have no place.
+    Raises ``ValueError`` when measurements carry confidences and nothing says
+    which one is the group's.
     """
-    confident = [c for c in (*(e.confidence for e in finding.evaluations),
-                             *(m.confidence for m in finding.measurements)) if c is not None]
-    if finding.confidence is None and len(confident) == 1:
-        return confident[0], False
-    if confident and any(m.confidence is not None for m in finding.measurements):
+    evaluations = [e.confidence for e in finding.evaluations if e.confidence is not None]
+    measurements = [m.confidence for m in finding.measurements if m.confidence is not None]
+    if finding.confidence is not None:
+        # An evaluation whose confidence is the group's needs no certainty of its own.
+        return finding.confidence, any(c != finding.confidence for c in evaluations)
+    if len(evaluations) + len(measurements) == 1:
+        return (evaluations or measurements)[0], False
+    if measurements:
         raise ValueError(
-            f"finding {finding.tracking_id!r}: a measurement's confidence can only be the "
-            "group's Certainty of Finding (TID 300 has no place for it): give such a "
-            "measurement its own Finding, or set only Finding.confidence"
+            f"finding {finding.tracking_id!r}: several measurements carry confidences and TID 300 "
+            "has no place for them: set Finding.confidence (the group's Certainty of Finding) "
+            "or give each measurement its own Finding"
         )
-    return finding.confidence, bool(confident)
+    return None, bool(evaluations)
 
 
 def _measurements(finding: Finding) -> list[hd.sr.Measurement]:

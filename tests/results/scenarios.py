@@ -5,8 +5,8 @@ the codes of :mod:`ai.core.codes` and the shapes the module specs describe:
 
 - quality: several image-level labels on one DSA run, each with a confidence;
 - mtici: one grade with finding site, referencing a frontal and a lateral run;
-- keyframes: start / apex / end frame numbers of a coronary run, each its own finding
-  (a measurement's confidence is its group's), plus the KOS key frames;
+- keyframes: start / apex / end frame numbers of a coronary run in one finding, as
+  ai/keyframes emits them, plus the KOS key frames;
 - spine: disc and vertebra landmark points on the mid-sagittal slice, with grades
   (one disc with two labels, each with its own confidence).
 """
@@ -71,6 +71,7 @@ def quality(study: StudyHeader | None = None, module_version: str = "1.0.0") -> 
             finding=labels[name].concept,
             references=(ref(run),),
             evaluations=(Evaluation(labels[name].concept, labels[name].value(value), p),),
+            confidence=p,  # as ai/quality gives it: the class probability, twice
             finding_site=labels[name].finding_site,
         )
         for name, value, p in outputs
@@ -115,17 +116,17 @@ def keyframes(study: StudyHeader | None = None) -> Scenario:
     run = make_xa(study, frames=40, primary_angle=-30.0, secondary_angle=20.0, body_part="HEART",
                   description="LCA cine")
     frames = {"start": (7, 0.91), "apex": (18, 0.86), "end": (33, 0.8)}
-    findings = tuple(
-        Finding(
-            tracking_id=f"Key frame {name}: {frame} ({round(p * 100)} %)",
-            finding=codes.KEYFRAMES,
-            references=(ref(run, frame),),
-            measurements=(Measurement(codes.KEYFRAME_CONCEPTS[name], float(frame), codes.FRAME,
-                                      p, (frame,)),),
-            finding_site=codes.CORONARY_ARTERY,
-        )
-        for name, (frame, p) in frames.items()
-    )
+    # As ai/keyframes emits it: one finding, three frame numbers each with a confidence,
+    # the group's certainty the lowest of them.
+    findings = (Finding(
+        tracking_id="Keyframes: start 7, apex 18, end 33",
+        finding=codes.KEYFRAMES,
+        references=(ref(run, 7, 18, 33),),
+        measurements=tuple(Measurement(codes.KEYFRAME_CONCEPTS[name], float(frame), codes.FRAME,
+                                       p, (frame,)) for name, (frame, p) in frames.items()),
+        confidence=min(p for _, p in frames.values()),
+        finding_site=codes.CORONARY_ARTERY,
+    ),)
     return Scenario(
         "keyframes", [run],
         Findings("keyframes", "0.2.0", SHA, findings,
@@ -147,6 +148,7 @@ def spine(study: StudyHeader | None = None) -> Scenario:
         findings.append(Finding(
             tracking_id=f"{name}: {'v2 bulge + v5' if len(evaluations) > 1 else 'v2 bulge'}",
             finding=code, references=(ref(mid),), evaluations=tuple(evaluations),
+            confidence=0.97,  # as ai/spine gives it: the localisation score; grades their own
             finding_site=code, point=Point(30.0 + 0.5 * i, 6.0 + 9.0 * i, (0.0, -2.0, 50.0 - 8.4 * i)),
         ))
     for i, name in enumerate(["L1", "L2", "L3", "L4", "L5"]):

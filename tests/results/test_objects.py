@@ -113,6 +113,9 @@ def test_frame_numbers_are_num_in_ucum_frame_units_with_the_frame_referenced(
             frames[item.ConceptNameCodeSequence[0].CodeValue] = (
                 float(mv.NumericValue), int(image.ReferencedSOPSequence[0].ReferencedFrameNumber))
     assert frames == {"KF-START": (7.0, 7), "KF-APEX": (18.0, 18), "KF-END": (33.0, 33)}
+    (finding,) = read_findings(sr)
+    assert finding.confidence == 0.8  # the group's certainty: the lowest of the three
+    assert finding.references[0].frame_numbers == (7, 18, 33)
 
 
 def test_secondary_capture_is_labelled_and_points_at_its_source_frame(
@@ -192,7 +195,7 @@ def test_several_confident_measurements_in_one_group_are_refused_not_dropped() -
         Measurement(codes.KEYFRAME_START, 3.0, codes.FRAME, 0.9, (3,)),
         Measurement(codes.KEYFRAME_END, 9.0, codes.FRAME, 0.8, (9,))))
     findings = replace(scenario.findings, findings=(both,))
-    with pytest.raises(ValueError, match="give such a measurement its own Finding"):
+    with pytest.raises(ValueError, match="set Finding.confidence"):
         build_results(findings, [], scenario.sources, make_settings())
 
 
@@ -217,3 +220,15 @@ def test_sources_may_be_given_as_paths(tmp_path) -> None:
     from_datasets = build_results(built.scenario.findings, built.scenario.images,
                                   built.scenario.sources, make_settings())
     assert [o.sop_instance_uid for o in built.objects] == [o.sop_instance_uid for o in from_datasets]
+
+
+def test_an_evaluation_carries_its_own_certainty_only_when_it_differs_from_the_group(
+        all_results: dict[str, Built]) -> None:
+    def children(name: str, concept: str) -> list[int]:
+        sr = all_results[name].of_kind("SR")[0][0].dataset
+        return [len(i.get("ContentSequence", [])) for i in content_items(sr)
+                if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == concept]
+
+    assert children("quality", "DSA-CONTRAST") == [0]  # class probability = group certainty
+    assert children("spine", "DISC-CLASS") == [1] * 7  # grade probability ≠ localisation score
+    assert children("spine", "VERT-CLASS") == [0] * 5  # its one confidence is the group's

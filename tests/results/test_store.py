@@ -60,7 +60,11 @@ def test_results_are_written_to_the_spool_and_indexed_with_one_delivery_per_dest
         assert all(x.state == "complete" for x in series)  # no new routing for our own output
         sr = results[1]
         assert sr.findings["module"] == "keyframes"
-        assert [f["tracking_id"] for f in sr.findings["findings"]][0].startswith("Key frame start")
+        assert [f["tracking_id"] for f in sr.findings["findings"]] == [
+            "Keyframes: start 7, apex 18, end 33"]
+        # Per-frame confidences the SR cannot hold stay in the index.
+        assert [m["confidence"] for m in sr.findings["findings"][0]["measurements"]] == [
+            0.91, 0.86, 0.8]
     assert not list((tmp_path / "spool" / "tmp").iterdir())  # no temporary file left
 
 
