@@ -154,7 +154,8 @@ class QualityModule(AIModule):
                         "dropout": 0.1},
             "preprocessing": {"projection": "MinIP (pixel-wise minimum over all frames)",
                               "pad": "square, median value", "resize": "area",
-                              "size": 128, "lower_percentile": 0.5, "upper_percentile": 98.0},
+                              "size": 128, "scale": "divide by background percentile, clip",
+                              "background_percentile": 98.0},
             "training": {"epochs": 20, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4,
                          "cache_rate": 1.0, "train_n": 4000, "val_n": 500,
                          "render_size": 256},
@@ -188,8 +189,8 @@ class QualityModule(AIModule):
         # The synthetic generator already varies every nuisance; no augmentation, so
         # the default CacheDataset can cache each preprocessed MinIP once.
         def fn(sample: QualitySample) -> dict[str, Any]:
-            return {"image": pre(sample.minip()),
-                    "labels": torch.tensor(_indices(sample.labels, schema), dtype=torch.long)}
+            target = torch.tensor(_indices(sample.labels, schema), dtype=torch.long)
+            return {"image": pre(sample.minip()), "labels": target}
 
         return fn
 

@@ -139,9 +139,10 @@ def draw_params(rng: np.random.Generator, seed: int, frames: tuple[int, int] = (
             break
     else:  # pragma: no cover - the ranges above always admit both cases
         raise RuntimeError("could not place the skull")
-    # Positioner angles consistent with the projection (PS3.3 C.8.7.5: primary = LAO+/RAO-).
+    # Positioner angles consistent with the projection (PS3.3 C.8.7.5: primary = LAO+/RAO-);
+    # obliques stay under 45 degrees, where mtici's frontal/lateral split puts them frontal.
     primary = {"ap": rng.uniform(-8, 8), "lateral": side * rng.uniform(85, 95),
-               "oblique": side * rng.uniform(25, 50)}[proj]
+               "oblique": side * rng.uniform(20, 40)}[proj]
     labels["suitable"] = suitable_rule(labels)
     return RunParams(
         seed=seed, labels=labels, frames=int(rng.integers(frames[0], frames[1] + 1)),

@@ -1,4 +1,4 @@
-"""Preprocessing: streaming MinIP of a DSA run, pad to square, resize, scale to [0, 1].
+"""Preprocessing: streaming MinIP of a DSA run, pad to square, resize, scale to [0, 1] by the background.
 
 Array transforms and their dictionary twins, in MONAI's idiom.  The MinIP is
 computed frame by frame into one buffer of the stored integer type: a
@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Resize, ScaleIntensityRangePercentiles, Transform
+from monai.transforms import MapTransform, Resize, Transform
 from monai.utils import convert_to_tensor
 
 from ai.core.pixels import FrameReader
@@ -105,18 +105,19 @@ class QualityPreprocess(Transform):
     """MinIP image (H, W) or (1, H, W) → network input (1, size, size) float32 in [0, 1].
 
     Pad to square, resize by area averaging (an anti-aliased downsampling, so noise
-    and thin vessels look alike from any matrix size), then map the 0.5th–98th
-    intensity percentiles to [0, 1] and clip.  The upper percentile sits in the
-    background: burned-in text (bright, under 2 % of pixels) saturates instead of
-    rescaling the whole image.
+    and thin vessels look alike from any matrix size), then divide by the background
+    level (the ``upper`` percentile, e.g. 98th: most of a MinIP is unopacified
+    background) and clip to [0, 1].  Unlike a min-max stretch this keeps how dark
+    the vessels are relative to the background: a stretch would blow a run without
+    contrast (and its noise) up to full range and blur the contrast and noise labels.
+    Burned-in text, brighter than the background, saturates at 1.
     """
 
-    def __init__(self, size: int = 128, lower: float = 0.5, upper: float = 98.0) -> None:
+    def __init__(self, size: int = 128, upper: float = 98.0) -> None:
         self.size = size
+        self.upper = upper
         self.pad = PadToSquare()
         self.resize = Resize((size, size), mode="area")
-        self.scale = ScaleIntensityRangePercentiles(lower=lower, upper=upper, b_min=0.0,
-                                                    b_max=1.0, clip=True)
 
     def __call__(self, img: np.ndarray) -> torch.Tensor:
         arr = np.asarray(img, dtype=np.float32)
@@ -125,7 +126,8 @@ class QualityPreprocess(Transform):
         arr = self.pad(arr)
         if arr.shape[-1] != self.size:
             arr = np.asarray(self.resize(torch.as_tensor(arr)))
-        out = self.scale(arr)
+        background = float(np.percentile(arr, self.upper))
+        out = np.clip(arr / max(background, 1e-6), 0.0, 1.0)
         # A plain tensor, not a MetaTensor: the collated batch then stays a plain tensor.
         return convert_to_tensor(out, dtype=torch.float32, track_meta=False).contiguous()
 
@@ -133,10 +135,10 @@ class QualityPreprocess(Transform):
 class QualityPreprocessd(MapTransform):
     """Dictionary twin of :class:`QualityPreprocess`."""
 
-    def __init__(self, keys: KeysCollection, size: int = 128, lower: float = 0.5,
-                 upper: float = 98.0, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, size: int = 128, upper: float = 98.0,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.fn = QualityPreprocess(size, lower, upper)
+        self.fn = QualityPreprocess(size, upper)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -148,5 +150,5 @@ class QualityPreprocessd(MapTransform):
 def preprocess_config(config: Mapping[str, Any]) -> QualityPreprocess:
     """:class:`QualityPreprocess` from a module config's ``preprocessing`` section."""
     pre = config.get("preprocessing", {})
-    return QualityPreprocess(int(pre.get("size", 128)), float(pre.get("lower_percentile", 0.5)),
-                             float(pre.get("upper_percentile", 98.0)))
+    return QualityPreprocess(int(pre.get("size", 128)),
+                             float(pre.get("background_percentile", 98.0)))
