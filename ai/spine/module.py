@@ -265,6 +265,16 @@ class SpineModule(AIModule):
 
         return SpineTransform(config, train=train)
 
+    def dataset(self, samples: Sequence[Any], config: Mapping[str, Any], *,
+                train: bool) -> torch.utils.data.Dataset[Any]:
+        """Samples normalised and resized once (uint8), augmented on every access."""
+        from monai.data import Dataset
+
+        from ai.spine.transforms import SpineTransform, prepare
+
+        prepared = [prepare(s, config) for s in samples]
+        return Dataset(data=prepared, transform=SpineTransform(config, train=train))
+
     def forward(self, network: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
         """Maps (flip TTA when the network is in eval mode) plus the resize factors."""
         from ai.spine.network import flip_tta

@@ -121,7 +121,7 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
     # Arc length 0 at the middle of the landmark span.
     mid = 0.5 * (centres["T12-L1"] + centres["L5-S1"])
     centres = {k: v - mid for k, v in centres.items()}
-    return Anatomy(spacing=rng.uniform(1.15, 1.35), centres=centres, heights=heights,
+    return Anatomy(spacing=rng.uniform(1.15, 1.45), centres=centres, heights=heights,
                    depth=depth, tags=tags, canal=rng.uniform(12.0, 16.0) * scale,
                    conus=centres["L1-L2"] + rng.uniform(-8.0, 8.0), features=feats)
 
@@ -131,7 +131,7 @@ def centreline(rng: np.random.Generator, anatomy: Anatomy, size: int) -> tuple[n
     """Dense centreline: (arc length mm, (n, 2) SCOORD pixels), lordotic and tilted."""
     span = anatomy.centres["L5-S1"] - anatomy.centres["T12-L1"]
     depth_mm = rng.uniform(4.0, 14.0)
-    tilt = math.radians(rng.uniform(-12.0, 12.0))
+    tilt = math.radians(rng.uniform(-15.0, 15.0))
     s = np.arange(-span / 2 - 120.0, span / 2 + 120.0, 1.0)
     half, slope = span / 2, depth_mm * math.pi / span
     x = -depth_mm * np.cos(np.pi * s / span)
@@ -145,14 +145,15 @@ def centreline(rng: np.random.Generator, anatomy: Anatomy, size: int) -> tuple[n
     ell = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
     ell -= np.interp(0.0, s, ell)
     sp = anatomy.spacing
-    # Keep every landmark at least 10 px inside the image.
+    # Keep every landmark, and S1 (levels are counted from the sacrum), 10 px inside.
     lm = np.stack([np.interp(anatomy.centres[n], ell, pts[:, k]) for k in (0, 1)
-                   for n in IDENTIFICATIONS]).reshape(2, -1) / sp
+                   for n in (*IDENTIFICATIONS, "S1")]).reshape(2, -1) / sp
     margin = 10.0
     cx_lo, cx_hi = margin - lm[0].min(), size - margin - lm[0].max()
     cy_lo, cy_hi = margin - lm[1].min(), size - margin - lm[1].max()
-    cx = float(np.clip(0.44 * size + rng.uniform(-6, 6), cx_lo, max(cx_lo, cx_hi)))
-    cy = float(np.clip(0.5 * size + rng.uniform(-7, 7), cy_lo, max(cy_lo, cy_hi)))
+    # Field-of-view placement varies by ±18 mm across and ±25 mm along the spine.
+    cx = float(np.clip(0.44 * size + rng.uniform(-18, 18) / sp, cx_lo, max(cx_lo, cx_hi)))
+    cy = float(np.clip(0.5 * size + rng.uniform(-25, 25) / sp, cy_lo, max(cy_lo, cy_hi)))
     return ell, pts / sp + np.array([cx, cy])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Resize, ScaleIntensityRangePercentiles
+import torch.nn.functional as F
 from scipy.ndimage import affine_transform
 
 from ai.spine.datasets import SpineSample
@@ -32,25 +32,62 @@ def three_channels(slices: np.ndarray, key: int) -> np.ndarray:
     return np.asarray(slices[idx], dtype=np.float32)
 
 
-def preprocess(slices: np.ndarray, key: int, config: Mapping[str, Any]) -> tuple[np.ndarray,
-                                                                                 np.ndarray]:
-    """Network input (3, S, S) in [0, 1] and the (x, y) factor from slice to input pixels.
+def normalise_slices(slices: np.ndarray, config: Mapping[str, Any]) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """Each slice scaled to [0, 1] on its own percentiles, resized to ``input_size``².
 
-    Each slice is scaled on its own percentiles (CCF-Net rescales every slice to
-    0–255), then the stack is resized to ``input_size`` square.
+    CCF-Net rescales every slice to 0–255 on its own; the percentiles make that robust
+    to a few hot pixels.  Returns the (S, size, size) float32 stack and the (x, y) factor
+    from slice pixels to input pixels.
     """
     pre = {**DEFAULT_PREPROCESSING, **dict(config.get("preprocessing", {}))}
-    img = three_channels(slices, key)
-    scale = ScaleIntensityRangePercentiles(
-        lower=float(pre["lower_percentile"]), upper=float(pre["upper_percentile"]),
-        b_min=0.0, b_max=1.0, clip=True, channel_wise=True)
-    img = np.asarray(scale(img), dtype=np.float32)
+    img = np.asarray(slices, dtype=np.float32)
+    # numpy percentiles and torch's antialiased bilinear resize do what MONAI's
+    # ScaleIntensityRangePercentiles + Resize(anti_aliasing=True) do, in 1/20 of the
+    # time (measured 0.35 s → 0.02 s for 5 × 160², which counts against 1 s per study).
+    lo, hi = np.percentile(img.reshape(len(img), -1),
+                           [float(pre["lower_percentile"]), float(pre["upper_percentile"])],
+                           axis=1)
+    img = (img - lo[:, None, None]) / np.maximum(hi - lo, 1e-6)[:, None, None]
+    img = np.clip(img, 0.0, 1.0, out=img)
     size = int(pre["input_size"])
     h, w = img.shape[-2:]
     if (h, w) != (size, size):
-        img = np.asarray(Resize((size, size), mode="bilinear", anti_aliasing=True)(img),
-                         dtype=np.float32)
-    return img, np.array([size / w, size / h], dtype=np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(img))[None]
+        img = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=size < max(h, w))[0].numpy()
+    return img.astype(np.float32, copy=False), np.array([size / w, size / h], dtype=np.float32)
+
+
+def preprocess(slices: np.ndarray, key: int, config: Mapping[str, Any]) -> tuple[np.ndarray,
+                                                                                 np.ndarray]:
+    """Network input (3, S, S) in [0, 1]: (previous, key, next), and the resize factor."""
+    return normalise_slices(three_channels(slices, key), config)
+
+
+@dataclass
+class PreparedSample:
+    """A sample whose slices are already normalised and resized (uint8, as CCF-Net keeps
+    them): augmentation then costs a few milliseconds per item instead of tens."""
+
+    slices: np.ndarray
+    key_index: int
+    factor: np.ndarray
+    coords: np.ndarray
+    labels: np.ndarray
+    grades: np.ndarray
+    schmorl: np.ndarray
+
+
+def prepare(sample: SpineSample, config: Mapping[str, Any]) -> PreparedSample:
+    """Normalise and resize a sample's slices once (key ± 2 kept)."""
+    lo = max(0, sample.key_index - 2)
+    hi = min(len(sample.slices), sample.key_index + 3)
+    img, factor = normalise_slices(sample.slices[lo:hi], config)
+    return PreparedSample(
+        slices=np.round(img * 255.0).astype(np.uint8), key_index=sample.key_index - lo,
+        factor=factor, coords=np.asarray(sample.coords, dtype=np.float64),
+        labels=sample.labels(), grades=sample.disc_grades(), schmorl=sample.schmorl())
 
 
 # ---------------------------------------------------------------------------
@@ -214,13 +251,15 @@ class SpineTransform:
         self.aug = dict(config.get("augmentation", {}))
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, sample: SpineSample) -> dict[str, Any]:
+    def __call__(self, sample: SpineSample | PreparedSample) -> dict[str, Any]:
+        if not isinstance(sample, PreparedSample):
+            sample = prepare(sample, self.config)
         key = sample.key_index
         rng = self.rng
         if self.train and self.aug.get("slice_jitter", True) and len(sample.slices) >= 3:
             key = int(np.clip(key + rng.integers(-1, 2), 1, len(sample.slices) - 2))
-        img, factor = preprocess(sample.slices, key, self.config)
-        pts = sample.coords * factor
+        img = three_channels(sample.slices, key) / np.float32(255.0)
+        pts = sample.coords * sample.factor
         size = img.shape[-1]
         if self.train:
             if rng.random() < float(self.aug.get("flip", 0.5)):
@@ -231,16 +270,14 @@ class SpineTransform:
             if rng.random() < float(self.aug.get("intensity_p", 0.8)):
                 img = random_intensity(img, rng, self.aug)
         targets = encode(pts, size, float(self.config.get("loss", {}).get("sigma_cells", 1.0)))
-        labels = sample.labels()
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(img)),
+            "image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
             "heat": torch.from_numpy(targets["heat"]),
             "off_y": torch.from_numpy(targets["off_y"]),
             "off_x": torch.from_numpy(targets["off_x"]),
             "mask": torch.from_numpy(targets["mask"]),
-            "label": torch.from_numpy(labels),
-            "grade": torch.from_numpy(sample.disc_grades()),
-            "schmorl": torch.from_numpy(sample.schmorl()),
-            "factor": torch.from_numpy(factor),
+            "label": torch.from_numpy(sample.labels),
+            "grade": torch.from_numpy(sample.grades),
+            "schmorl": torch.from_numpy(sample.schmorl),
+            "factor": torch.from_numpy(sample.factor),
         }
-
