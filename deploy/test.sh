@@ -9,7 +9,7 @@ APT_PACKAGES=(
   orthanc          # a real PACS for the delivery and end-to-end tests
   dicom3tools      # dciodvfy, dcentvfy: IOD validators
   libpixelmed-java # PixelMed DicomSRValidator
-  default-jre-headless
+  default-jdk-headless # javac lets the PixelMed validator batch files in one JVM
   postgresql       # the index on PostgreSQL (storage and scale-out tests)
 )
 missing=()

@@ -130,6 +130,13 @@ class DeliverySettings(_Section):
     retry_backoff_seconds: list[float] = Field(default_factory=lambda: [5.0, 30.0, 120.0, 600.0])
 
 
+class ResultsSettings(_Section):
+    """``[results]``: which SR storage class to write, and whether to add a GSPS."""
+
+    sr_storage: Literal["comprehensive", "comprehensive3d"] = "comprehensive"
+    gsps: bool = False
+
+
 class RetentionSettings(_Section):
     """``[retention]``: delete delivered studies after this many days (0 = keep forever)."""
 
@@ -152,6 +159,7 @@ class Settings(BaseSettings):
     destinations: list[Destination] = Field(default_factory=list)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    results: ResultsSettings = Field(default_factory=ResultsSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
