@@ -183,3 +183,31 @@ def test_unknown_classes_in_a_csv_are_reported(module: QualityModule, tmp_path: 
     sample = QualitySample(labels={"contrast": "maybe"}, path=tmp_path / "x.png")
     with pytest.raises(ValueError, match="maybe"):
         module.transform(module.default_config(), train=True)(sample)
+
+
+def test_the_minip_of_a_large_run_holds_one_frame_not_the_run(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = np.random.default_rng(0).integers(0, 1024, (30, 512, 512), dtype=np.uint16)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.12.1", generate_uid()
+    ds.Rows = ds.Columns = 512
+    ds.NumberOfFrames = 30
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 10, 9, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = frames.tobytes()
+    ds.save_as(tmp_path / "big.dcm", enforce_file_format=True)
+    expected = frames.min(axis=0)
+    del frames, ds
+    tracemalloc.start()
+    minip, _ = minip_from_file(tmp_path / "big.dcm")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(minip, expected)
+    frame_bytes = 512 * 512 * 2
+    assert peak < 3 * frame_bytes, f"peak {peak / 2**20:.1f} MiB for a {30 * frame_bytes / 2**20:.0f} MiB run"
