@@ -6,7 +6,15 @@ from typing import Any
 
 import typer
 
-from dicomnode.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, open_index, print_json, settings_from
+from dicomnode.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    console,
+    open_index,
+    print_json,
+    settings_from,
+)
 
 
 def collect(db: Any) -> dict[str, Any]:

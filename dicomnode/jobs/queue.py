@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.routing.router import Route
 from dicomnode.storage.db import Database
-from dicomnode.storage.models import Job, Study, utcnow
+from dicomnode.storage.models import Event, Job, Study, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,13 @@ def renew(db: Database, job_id: int, token: str, lease_seconds: float) -> bool:
             Job.id == job_id, Job.state == RUNNING, Job.lease_owner == token,
         ).values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))))
 
+def holds(db: Database, job_id: int, token: str) -> bool:
+    """Whether the job is still running under ``token`` (a read; cheap enough every second)."""
+    with db.session() as s:
+        return bool(s.scalar(select(exists().where(
+            Job.id == job_id, Job.state == RUNNING, Job.lease_owner == token))))
+
+
 def finish_done(session: Session, job_id: int, token: str, *, reason: str = "",
                 summary: Mapping[str, Any] | None = None,
                 timings: Mapping[str, Any] | None = None, model_version: str = "") -> bool:
@@ -275,6 +282,10 @@ def recover_interrupted(db: Database, now: dt.datetime | None = None, *,
             s.execute(update(Job).where(Job.id == r.id, Job.lease_owner == r.lease_owner).values(
                 state=FAILED if last else QUEUED, error=why, lease_owner="", lease_expires_at=None,
                 finished_at=now if last else None))
+            # The error is cleared when a later attempt succeeds; the audit trail keeps it.
+            s.add(Event(kind="job-interrupted", study_instance_uid=job.study_instance_uid, at=now,
+                        detail={"job": job.id, "module": job.module, "attempt": job.attempts,
+                                "reason": why, "then": "failed" if last else "queued"}))
             if last:
                 release_dependents(s, job.study_instance_uid, job.generation)
         logger.warning("job %d %s: %s", r.id, "failed" if last else "queued again", why)

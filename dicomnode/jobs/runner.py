@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import sysconfig
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,7 @@ from sqlalchemy import select
 
 from ai.core.contract import AIModule, Findings
 from dicomnode.config import Settings
-from dicomnode.jobs.queue import DONE, RUNNING, finish_done
+from dicomnode.jobs.queue import DONE, RUNNING, finish_done, holds
 from dicomnode.jobs.serialize import findings_from_json, findings_to_json
 from dicomnode.jobs.views import build_study_view
 from dicomnode.log import bind, configure_logging
@@ -63,21 +64,38 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def warm_up(db: Database) -> tuple[dict[str, tuple[str, tuple[str, ...]]], dict[str, str]]:
-    """Import what every job needs (torch, results, the installed modules) before ``ready``.
+_LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")})
 
-    Returns each loadable module's (level, depends_on) and each broken module's
-    error: the node routes with these, so it never imports torch itself.  Also
-    registers the bundled models (activated where no version is active yet).
+
+def _where(exc: BaseException) -> str:
+    """`` at file.py:line`` of the innermost frame outside the standard library and
+    installed packages: the module's own line, not numpy's or torch's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not f.filename.startswith(_LIBRARY_DIRS)] or list(frames)
+    return f" at {Path(own[-1].filename).name}:{own[-1].lineno}" if own else ""
+
+
+def warm_up(db: Database, catalog: bool) -> tuple[dict[str, tuple[str, tuple[str, ...]]],
+                                                    dict[str, str]]:
+    """Import what every job needs (torch, the results layer) before saying ``ready``.
+
+    With ``catalog`` (the node does not know its modules yet) also import every
+    installed module and return each loadable one's (level, depends_on) and each
+    broken one's error: the node routes with these, so it never imports torch
+    itself.  That process also registers the bundled models (activated where no
+    version is active yet).
     """
     import torch  # noqa: F401
 
     import dicomnode.results  # noqa: F401
-    from ai.core import registry
-    from dicomnode.storage.registry import ensure_bundled
 
     infos: dict[str, tuple[str, tuple[str, ...]]] = {}
     broken: dict[str, str] = {}
+    if not catalog:
+        return infos, broken
+    from ai.core import registry
+    from dicomnode.storage.registry import ensure_bundled
+
     for name in registry.available_modules():
         try:
             module = registry.get_module(name)
@@ -91,11 +109,12 @@ def warm_up(db: Database) -> tuple[dict[str, tuple[str, tuple[str, ...]]], dict[
 
 
 def child_main(conn: Connection, settings_data: Mapping[str, Any], parent_pid: int,
-               log_level: int) -> None:
+               log_level: int, catalog: bool = True) -> None:
     """Worker process: warm up, say ready, run the jobs the node sends until told to stop.
 
-    A job that raises ends the process after reporting (whatever the module broke
-    leaves with it); a successful one leaves it warm for the next job.
+    A module's exception is reported as the job's error and the process carries on
+    (each job gets a new module instance); a ``MemoryError`` ends the process, whose
+    heap may be left fragmented and large.  Signals and crashes end it anyway.
     """
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the node, which stops us
@@ -105,7 +124,7 @@ def child_main(conn: Connection, settings_data: Mapping[str, Any], parent_pid: i
 
     torch.set_num_threads(settings.jobs.torch_threads)
     db = open_database(settings.database_url, fsync=settings.node.fsync, upgrade=False)
-    infos, broken = warm_up(db)
+    infos, broken = warm_up(db, catalog)
     conn.send(("ready", os.getpid(), infos, broken))
     while True:
         try:
@@ -121,15 +140,15 @@ def child_main(conn: Connection, settings_data: Mapping[str, Any], parent_pid: i
         except LeaseLost as exc:
             conn.send(("lost", str(exc)))
             break
-        except BaseException as exc:  # everything a module can raise becomes the job's error
-            tb = traceback.extract_tb(exc.__traceback__)
-            where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
-            text = f"{type(exc).__name__} in {stage[-1]}{where}: {exc}"
+        except Exception as exc:  # everything a module can raise becomes the job's error
+            text = f"{type(exc).__name__} in {stage[-1]}{_where(exc)}: {exc}"
             logger.error("job %d failed: %s", job_id, text)
-            conn.send(("error", text[:4000]))
-            conn.close()
-            db.dispose()
-            sys.exit(1)
+            keep = not isinstance(exc, MemoryError)
+            del exc  # drop the frames (and whatever the module allocated) now
+            conn.send(("error", text[:4000], keep))
+            if not keep:
+                break
+            continue
         conn.send(("done", outcome))
     conn.close()
     db.dispose()
@@ -294,6 +313,8 @@ def run_job(settings: Settings, db: Database, job_id: int, token: str,
             return {"cases": 0, "reason": reason, "results": 0}
 
         stage.append("store results")
+        if not holds(db, job_id, token):  # cancelled meanwhile: store nothing
+            raise LeaseLost(f"job {job_id} was cancelled or re-assigned before its results were stored")
         stored = store_results(db, settings.spool_dir, job_id, objects, job.destinations or [])
         lap("store", t)
         timings["total_s"] = round(time.monotonic() - t0, 4)

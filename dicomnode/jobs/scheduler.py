@@ -61,21 +61,26 @@ def run_timed(name: str) -> None:
 class TimedWork:
     """The node's timed jobs, bound to its database, settings and rules."""
 
-    def __init__(self, settings: Settings, db: Database, rules: RuleSet, notifier: Notifier) -> None:
+    def __init__(self, settings: Settings, db: Database, rules: RuleSet, notifier: Notifier,
+                 catalog: ModuleCatalog) -> None:
         self.settings = settings
         self.db = db
         self.rules = rules
         self.notifier = notifier
+        self.catalog = catalog
         self.modules: dict[str, queue.ModuleInfo] = {}
+        self.routing = False  # True once the catalog is known: until then, complete only
         self._errors: dict[str, str] = {}
 
     def use_catalog(self, catalog: ModuleCatalog) -> None:
         """Route with the modules a worker process could load; drop the broken ones."""
+        self.routing = True
         self.modules = dict(catalog.infos)
         broken = {n: e for n, e in catalog.broken.items() if n in self.rules.modules}
         broken.update({n: "not loadable in the worker process" for n in self.rules.modules
                        if n not in self.modules and n not in broken})
         self.rules = without_modules(self.rules, broken)
+        logger.info("routing to modules: %s", ", ".join(sorted(self.rules.modules)) or "none")
 
     def _enqueue(self, session: Session, study: Study, generation: int,
                  routes: Sequence[Route]) -> list[int]:
@@ -98,8 +103,10 @@ class TimedWork:
         return out
 
     def completion(self) -> None:
+        if not self.routing and self.catalog.wait(0):
+            self.use_catalog(self.catalog)
         report = self._guard("completion sweep", lambda: sweep(
-            self.db, self.settings.routing, self.rules, self._enqueue))
+            self.db, self.settings.routing, self.rules, self._enqueue, route=self.routing))
         if report is not None and any(report.routed.values()):
             self.notifier.notify()
 
@@ -125,14 +132,15 @@ class TimedWork:
 class NodeScheduler:
     """The scheduler service of ``dicomnode run`` (worker role).
 
-    ``start`` returns at once: a thread takes the lock (or waits as a standby),
-    waits for a worker process to report the installed modules (the node process
-    itself never imports them, nor torch) and starts APScheduler.
+    ``start`` returns at once: a thread takes the lock (or waits as a standby) and
+    starts APScheduler.  Studies are completed from the first sweep on; they are
+    routed once a worker process has reported the installed modules (the node
+    process itself never imports them, nor torch).
     """
 
     def __init__(self, settings: Settings, db: Database, rules: RuleSet, notifier: Notifier,
                  catalog: ModuleCatalog) -> None:
-        self.work = TimedWork(settings, db, rules, notifier)
+        self.work = TimedWork(settings, db, rules, notifier, catalog)
         self.catalog = catalog
         self.lock = SchedulerLock(db)
         self._scheduler: Any = None
@@ -152,26 +160,16 @@ class NodeScheduler:
                 logger.info("another process runs this database's scheduler: standing by")
                 waited = True
             self._stop.wait(STANDBY_RETRY_SECONDS)
-        if self._stop.is_set() or not self._wait_for_catalog():
+        if self._stop.is_set():
             return
-        self.work.use_catalog(self.catalog)
         self._start_scheduler()
-
-    def _wait_for_catalog(self) -> bool:
-        """Wait until a worker process has reported the modules (or probe with one)."""
-        settings = self.work.settings
-        if settings.jobs.workers == 0:
+        if self.work.settings.jobs.workers == 0:
             # No worker pool here: one short-lived worker process just lists the modules.
-            probe = WorkerProcess(settings, logging.getLogger().getEffectiveLevel(), self.catalog)
+            probe = WorkerProcess(self.work.settings, logging.getLogger().getEffectiveLevel(),
+                                  self.catalog)
             while not self._stop.is_set() and not probe.dead() and not probe.poll_ready(0.5):
                 pass
             probe.stop()
-        waited = 0.0
-        while not self._stop.is_set() and not self.catalog.wait(1.0):
-            waited += 1.0
-            if waited == 120.0:
-                logger.warning("no worker process has started for 2 minutes: nothing is routed")
-        return self.catalog.wait(0)
 
     def _start_scheduler(self) -> None:
         from apscheduler.executors.pool import ThreadPoolExecutor
@@ -209,8 +207,8 @@ class NodeScheduler:
         scheduler.resume()
         self._scheduler = scheduler
         self.running.set()
-        logger.info("scheduler started: sweep every %g s, routed modules: %s", sweep_s,
-                    ", ".join(sorted(self.work.modules)) or "none")
+        logger.info("scheduler started: sweep every %g s (routing once a worker process has "
+                    "listed the modules)", sweep_s)
 
     def wake(self, name: str) -> None:
         """Run a memory-store job now (``deliver`` after a finished job)."""

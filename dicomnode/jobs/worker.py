@@ -13,9 +13,9 @@ process is ready, hands the job over, then supervises:
   it with backoff as configured.
 
 The node itself never runs model code (nor imports torch), so none of this can
-take it down.  A process that ran a job successfully stays warm for the next one
-(up to ``MAX_JOBS_PER_PROCESS``); after a failure or a crash the slot starts a
-fresh one.
+take it down.  A process stays warm for the next job (up to
+``MAX_JOBS_PER_PROCESS``) unless it died, ran out of memory or lost its lease; then
+the slot starts a fresh one.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: A running job's lease; renewed every LEASE_SECONDS / 6 by its slot.
 LEASE_SECONDS = 60.0
+#: How often a slot checks (by a read) that its running job was not cancelled.
+CHECK_SECONDS = 1.0
 #: How often an idle slot looks for work when nobody told it about any.
 POLL_SECONDS = 1.0
 #: Wait before starting a worker process again after one failed to start.
@@ -111,7 +113,8 @@ class WorkerProcess:
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(
             target=child_main, name="dicomnode-worker",
-            args=(child_conn, settings.model_dump(mode="json"), os.getpid(), log_level),
+            args=(child_conn, settings.model_dump(mode="json"), os.getpid(), log_level,
+                  not catalog.wait(0)),
             daemon=True,
         )
         self.proc.start()
@@ -204,6 +207,7 @@ class _Slot(threading.Thread):
             started = time.monotonic()
             deadline = started + pool.settings.jobs.job_timeout_seconds
             renew_at = started + LEASE_SECONDS / 6
+            check_at = started + CHECK_SECONDS
             message: Any = None
             while True:
                 if child.conn.poll(0.2):
@@ -225,20 +229,25 @@ class _Slot(threading.Thread):
                     self._failed(claim, f"timed out after {pool.settings.jobs.job_timeout_seconds:g} s"
                                         " (jobs.job_timeout_seconds)")
                     return False
-                if now > renew_at:
-                    renew_at = now + LEASE_SECONDS / 6
-                    if not queue.renew(pool.db, claim.job_id, claim.token, LEASE_SECONDS):
+                if now > check_at:
+                    check_at = now + CHECK_SECONDS
+                    mine = queue.holds(pool.db, claim.job_id, claim.token)
+                    if mine and now > renew_at:
+                        renew_at = now + LEASE_SECONDS / 6
+                        mine = queue.renew(pool.db, claim.job_id, claim.token, LEASE_SECONDS)
+                    if not mine:
                         child.stop()
                         logger.warning("lease lost (cancelled?): worker process stopped")
                         return False
             if message is not None and message[0] == "done":
                 pool.on_job_finished()
                 return True
+            if message is not None and message[0] == "error":
+                self._failed(claim, str(message[1]))
+                return bool(message[2])  # the process survives a module's exception
             child.proc.join(10)
             if message is None:
                 self._failed(claim, exit_reason(child.proc.exitcode))
-            elif message[0] == "error":
-                self._failed(claim, str(message[1]))
             else:
                 logger.warning("%s", message[1])
             return False

@@ -173,19 +173,25 @@ def route_study(
 
 def sweep(
     db: Database, timers: RoutingSettings, rules: RuleSet, enqueue: Enqueue,
-    now: dt.datetime | None = None,
+    now: dt.datetime | None = None, *, route: bool = True,
 ) -> SweepReport:
-    """One pass: complete series, complete studies, route every complete study."""
+    """One pass: complete series, complete studies, route every complete study.
+
+    ``route=False`` only completes (the node does not know its modules yet); the
+    complete studies are routed by the first sweep that may route.
+    """
     now = now or utcnow()
     report = SweepReport()
     report.series_completed = complete_series(db, timers, now)
     complete_studies(db, timers, now, report)
+    if not route:
+        return report
     with db.session() as s:
         due = s.execute(select(Study.id, Study.study_instance_uid)
                         .where(Study.state == "complete")).all()
     for study_id, uid in due:
         try:
-            routed = route_study(db, study_id, rules, enqueue, now)
+            routed = route_study(db, study_id, rules, enqueue, utcnow())
         except Exception:
             # A bad study must not stop the sweep for the others; it stays `complete`
             # and is tried again on the next sweep.

@@ -50,7 +50,8 @@ def _mark(what: str, case: Case) -> None:
     path = os.environ.get("DICOMNODE_TESTMODULE_MARKS")
     if path:
         with open(path, "a") as fh:
-            fh.write(f"{what} {os.getpid()} {case.module} {case.inputs[0].sop_instance_uid}\n")
+            fh.write(f"{what} {os.getpid()} {case.module} {case.inputs[0].sop_instance_uid} "
+                     f"{time.time():.3f}\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -144,7 +145,7 @@ class RaisingModule(EchoModule):
 
 
 class HogModule(EchoModule):
-    """predict allocates memory until none is left (under a 1 GiB address-space limit).
+    """predict allocates memory until none is left (under a 512 MiB address-space limit).
 
     The limit keeps the test from starving the machine; inside it the module meets
     exactly what a model exhausting memory meets: an allocation that fails.
@@ -157,11 +158,11 @@ class HogModule(EchoModule):
         _mark("start", case)
         with open("/proc/self/statm") as fh:
             used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        limit = used + (1 << 30)
+        limit = used + (512 << 20)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         hoard = []
         while True:  # until numpy cannot allocate any more
-            hoard.append(np.ones(32 << 20, np.uint8))
+            hoard.append(np.ones(16 << 20, np.uint8))
 
 
 class KilledModule(EchoModule):
