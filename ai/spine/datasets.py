@@ -147,7 +147,7 @@ def stack_slices(arrays: Sequence[np.ndarray]) -> np.ndarray:
         if a.shape != shape:
             from PIL import Image
 
-            a = np.asarray(Image.fromarray(a).resize((shape[1], shape[0]), Image.BILINEAR))
+            a = np.asarray(Image.fromarray(a).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
         out.append(a)
     return np.stack(out).astype(np.float32)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ai.spine.datasets import SpineSample, tianchi_record
 
@@ -70,7 +70,7 @@ def mr_dataset(spec: SeriesSpec, k: int, study_uid: str, frame_uid: str, patient
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = spec.sop_uids[k]
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(spec.sop_uids[k])
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]

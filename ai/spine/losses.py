@@ -61,11 +61,10 @@ def ccf_loss(maps: torch.Tensor, batch: Mapping[str, torch.Tensor],
     heat_loss = (((maps[:, HEAT] - heat_t) ** 2) * m).sum() / (m.sum() * cells).clamp(min=1.0)
     band = ((heat_t >= 1.0 - float(cfg["offset_band"])) & (m > 0)).to(maps.dtype)
     n_band = band.sum().clamp(min=1.0)
-    off_loss = sum(
-        (F.smooth_l1_loss(maps[:, ch], batch[key].to(maps.dtype), reduction="none")
-         * band).sum() / n_band
-        for ch, key in ((OFF_Y, "off_y"), (OFF_X, "off_x"))
-    )
+    off_loss = maps.new_zeros(())
+    for ch, key in ((OFF_Y, "off_y"), (OFF_X, "off_x")):
+        err = F.smooth_l1_loss(maps[:, ch], batch[key].to(maps.dtype), reduction="none")
+        off_loss = off_loss + (err * band).sum() / n_band
     logits = _at_peaks(maps[:, CLS], heat_t)  # (B, 11)
     labels = batch["label"]
     valid = (labels >= 0) & (mask > 0)

@@ -181,7 +181,8 @@ class SpineModule(AIModule):
                              sop_class_uid=str(key_ds.SOPClassUID))
         spacing = [float(v) for v in key_ds.get("PixelSpacing", (1.0, 1.0))]
         ipp, iop = key_ds.get("ImagePositionPatient"), key_ds.get("ImageOrientationPatient")
-        items, extra = [], []
+        items: list[Finding] = []
+        extra: list[dict[str, Any]] = []
         for i, ident in enumerate(IDENTIFICATIONS):
             col, row = (float(v) for v in pred.coords[i])
             patient = (pixel_to_patient(col, row, ipp, iop, spacing)

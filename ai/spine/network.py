@@ -94,7 +94,7 @@ class CCFNet(nn.Module):
         super().__init__()
         if mid % 4:
             raise ValueError(f"mid must be a multiple of 4, got {mid}")
-        resnet = ResNet(block="basic", layers=(*layers, 1), block_inplanes=(*widths, widths[-1]),
+        resnet = ResNet(block="basic", layers=[*layers, 1], block_inplanes=[*widths, widths[-1]],
                         spatial_dims=2, n_input_channels=in_channels, conv1_t_size=7,
                         conv1_t_stride=2, num_classes=1)
         # conv1 (/2) + max-pool (/2) + layer2 (/2) + layer3 (/2) = stride 16.

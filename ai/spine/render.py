@@ -38,7 +38,7 @@ def draw_landmarks(slice_pixels: np.ndarray, findings: Findings) -> np.ndarray:
     grey = window(slice_pixels)
     h, w = grey.shape
     k = max(1, math.ceil(MIN_SIZE / max(h, w)))
-    im = Image.fromarray(grey).convert("RGB").resize((w * k, h * k), Image.BILINEAR)
+    im = Image.fromarray(grey).convert("RGB").resize((w * k, h * k), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(im)
     font = _font(max(11, im.width // 45))
     r = max(3, im.width // 120)

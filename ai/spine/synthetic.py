@@ -213,11 +213,11 @@ class _Canvas:
     def paint(self, sdf: np.ndarray, value: float | np.ndarray,
               idx: np.ndarray | None = None) -> None:
         m = np.clip(0.5 - sdf.ravel() / self.spacing, 0.0, 1.0)
+        v = np.ravel(np.asarray(value, dtype=np.float64))
         if idx is None:
-            self.flat = self.flat * (1 - m) + np.ravel(value) * m
+            self.flat = self.flat * (1 - m) + v * m
         else:
-            old = self.flat[idx]
-            self.flat[idx] = old * (1 - m) + (value if np.isscalar(value) else np.ravel(value)) * m
+            self.flat[idx] = self.flat[idx] * (1 - m) + v * m
 
     @property
     def img(self) -> np.ndarray:
