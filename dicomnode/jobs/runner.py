@@ -39,7 +39,7 @@ from dicomnode.jobs.serialize import findings_from_json, findings_to_json
 from dicomnode.jobs.views import build_study_view
 from dicomnode.log import bind, configure_logging
 from dicomnode.storage.db import Database, open_database
-from dicomnode.storage.models import Job, Result
+from dicomnode.storage.models import Job, Result, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,10 @@ def run_job(settings: Settings, db: Database, job_id: int, token: str,
         if job is None or job.state != RUNNING or job.lease_owner != token:
             raise LeaseLost(f"job {job_id} is not running under this worker's lease")
         s.expunge(job)
+    if job.started_at is not None:
+        # queued: routing → claim; handover: claim → this process running it.
+        timings["queued_s"] = round((job.started_at - job.created_at).total_seconds(), 4)
+        timings["handover_s"] = round((utcnow() - job.started_at).total_seconds(), 4)
     with bind(study=job.study_instance_uid, job=job_id, module=job.module):
         logger.info("running attempt %d (generation %d, %d series)", job.attempts, job.generation,
                     len(job.series_uids or []))

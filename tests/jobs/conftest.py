@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from storage.conftest import postgres  # noqa: F401  (the storage tests' PostgreSQL server)
 
 SUPPORT = Path(__file__).with_name("support")
 
@@ -147,7 +148,7 @@ def jobs_node(node_factory: Callable[..., Any], test_modules: dict[str, str], ru
 
 
 @pytest.fixture
-def index() -> Callable[[Any], Any]:
+def index() -> Iterator[Callable[[Any], Any]]:
     """``index(node)``: the node's index database, opened read/write from the test."""
     from dicomnode.storage.db import open_database
 
@@ -159,4 +160,30 @@ def index() -> Callable[[Any], Any]:
             opened[url] = open_database(url, fsync=False, upgrade=False)
         return opened[url]
 
-    return get
+    yield get
+    for db in opened.values():
+        db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty, migrated index on SQLite and on PostgreSQL (a database of its own)."""
+    import os
+
+    from sqlalchemy import create_engine, text
+
+    from dicomnode.storage.db import open_database
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    else:
+        server = request.getfixturevalue("postgres")
+        name = f"j{os.getpid()}_{time.monotonic_ns()}"
+        admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url = server.url.rsplit("/", 1)[0] + f"/{name}"
+    db = open_database(url, fsync=False)
+    yield db
+    db.dispose()

@@ -14,10 +14,10 @@ from dicomnode.storage.models import Event, Job, Result, Study
 
 
 def _mr(directory: Path, study_uid: str, series_uid: str, n: int, description: str,
-        start: int = 1, seed: int = 0) -> list[Path]:
+        start: int = 1, seed: int = 0, study_description: str = "completion test") -> list[Path]:
     return [write(make_dataset(study_uid=study_uid, series_uid=series_uid, instance_number=i,
                                seed=seed + i, SeriesDescription=description,
-                               StudyDescription="completion test"),
+                               StudyDescription=study_description),
                   directory / f"{series_uid[-6:]}-{i:03d}.dcm") for i in range(start, start + n)]
 
 
@@ -88,3 +88,21 @@ def test_a_study_sent_in_two_associations_is_routed_once_and_a_late_instance_rou
     listed = json.loads(node.cli("jobs", "list", "--json", "--study", study).stdout)
     assert {(j["module"], j["state"], j["attempts"], j["error"]) for j in listed} == {("echo", "done", 1, "")}
     assert {"id", "study", "module", "state", "attempts", "error"} <= set(listed[0])
+
+    # A warm worker claims a routed job at once: routing → claim well under a second.
+    for job in jobs:
+        with db.session() as s:
+            job = s.get(Job, job.id)
+        assert job.timings["queued_s"] < 5.0, job.timings  # incl. waiting for the job before it
+
+    # A module that depends on another waits for it and gets its findings.
+    chain = uid()
+    files = _mr(tmp_path / "d", chain, uid(), 2, "echo chained", study_description="chain test")
+    assert storescu(node.port, *files).returncode == 0
+    chained = wait_for(lambda: (j := _jobs(db, chain)) and len(j) == 2
+                       and all(x.state == "done" for x in j) and j, 90, "echo then after")
+    echo_job, after_job = sorted(chained, key=lambda j: j.module != "echo")
+    assert (echo_job.module, after_job.module) == ("echo", "after")
+    assert after_job.summary["depends_on"] == ["echo"]
+    assert after_job.started_at >= echo_job.finished_at  # it waited
+    assert after_job.summary["findings"][0]["extra"] == {"prior_echo": 1}

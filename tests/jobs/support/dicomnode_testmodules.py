@@ -161,8 +161,8 @@ class HogModule(EchoModule):
         limit = used + (512 << 20)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         hoard = []
-        while True:  # until numpy cannot allocate any more
-            hoard.append(np.ones(16 << 20, np.uint8))
+        while True:  # until numpy cannot allocate any more (empty: the limit is on address
+            hoard.append(np.empty(16 << 20, np.uint8))  # space, touching pages only costs time)
 
 
 class KilledModule(EchoModule):
