@@ -32,11 +32,12 @@ from ai.core.contract import (
 from ai.core.models import LoadedModel
 from ai.mtici import labels as L
 from ai.mtici.datasets import MticiSample, load_amticis, read_run_clip, sample_clips
+from ai.mtici.dicomio import write_study
 from ai.mtici.losses import MultiHeadLoss
 from ai.mtici.metrics import grade_metrics
 from ai.mtici.network import CVFSNet, NetworkConfig, build_network
 from ai.mtici.selection import SelectionConfig, select_pair
-from ai.mtici.synthetic import SyntheticCase, generate, write_study
+from ai.mtici.synthetic import SyntheticCase, generate
 
 #: The bundled model's clip: 8 frames like the method, 32² so that CPU training fits.
 BUNDLED_CLIP = (8, 32, 32)
@@ -150,7 +151,7 @@ class MticiModule(AIModule):
             "network": NetworkConfig(clip=BUNDLED_CLIP).to_dict(),
             "preprocessing": {"clip": list(BUNDLED_CLIP), "label_mode": "4class"},
             "training": {"epochs": 6, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.01,
-                         "cache_rate": 1.0, "train_n": 1600},
+                         "cache_rate": 1.0, "train_n": 1600, "val_n": 300},
         }
 
     def transform(self, config: Mapping[str, Any], *, train: bool) -> Any:

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +65,7 @@ class SyntheticConfig:
     size: int = 64
     frames: tuple[int, int] = (16, 24)
     n_leaves: tuple[int, int] = (9, 13)
-    overlay_gain: tuple[float, float] = (0.9, 2.0)
+    overlay_gain: tuple[float, float] = (1.2, 2.6)
     leaf_gain: tuple[float, float] = (0.6, 1.4)
     noise: tuple[float, float] = (0.01, 0.035)
     misregistration_px: int = 1
@@ -271,11 +269,11 @@ def generate_case(
     downstream = shell & (xs > 0.25) & (ys < -0.15) & (zs > -0.4)
     # Frontal-only overlay: the inferior division's temporal territory, behind the
     # downstream one (same x and z), beside it on the lateral view (larger y).
-    z_split = rng.uniform(-0.1, 0.35)
+    z_split = rng.uniform(0.0, 0.45)
     inferior = shell & (xs > 0.25) & (ys > -0.05) & (zs < z_split) & (zs > -0.5)
     # Lateral-only overlay: the ACA's medial territory, over the downstream one on the
     # lateral view (same y and z), beside it on the frontal view (smaller x).
-    aca_y, aca_z = rng.uniform(-0.55, 0.0), rng.uniform(-0.1, 0.35)
+    aca_y, aca_z = rng.uniform(-0.5, 0.05), rng.uniform(-0.2, 0.25)
     aca = brain & (xs > 0.02) & (xs < 0.22) & (ys < aca_y) & (zs > aca_z)
 
     # Leaves of the downstream territory: Voronoi cells of seeds on the shell.
@@ -343,7 +341,9 @@ def generate_case(
     velocity = rng.uniform(0.9, 1.6) / scale  # normalised units per frame
     beta_a = rng.uniform(0.8, 1.2) * scale
     beta_p = rng.uniform(1.6, 2.4) * scale
-    reperfusion_delay = rng.uniform(0.0, 2.0) * scale if grade not in ("3",) else 0.0
+    # Slow flow through the recanalised branch, drawn for every grade: were it only in
+    # incomplete reperfusion, its timing alone would tell 2b from 3 on either view.
+    reperfusion_delay = rng.uniform(0.0, 2.0) * scale
 
     pts3 = np.stack(tree.points)
     par = np.array(tree.parent)
@@ -557,112 +557,6 @@ def iter_cases(
         yield generate_case(rng, cfg, f"syn-{seed}-{i:05d}", mode)
 
 
-# ---------------------------------------------------------------------------
-# DICOM
-# ---------------------------------------------------------------------------
-
-XA_STORAGE = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image Storage
-
-
-def _uid(root: str, *parts: object) -> str:
-    """Deterministic UID under ``root`` from ``parts`` (a retried write gives the same UIDs)."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=root, entropy_srcs=[str(p) for p in parts]))
-
-
-def write_run(
-    case: SyntheticCase,
-    view: str,
-    path: Path,
-    study_uid: str,
-    series_number: int,
-    acquisition: datetime,
-    uid_root: str = "1.2.826.0.1.3680043.10.1495.",
-) -> Path:
-    """Write one view of ``case`` as an XA multi-frame DSA run (12-bit, MONOCHROME2).
-
-    Headers a PACS and the node read: PositionerPrimaryAngle 0 (frontal) / 90
-    (lateral), FrameTime with FrameIncrementPointer, ImageType DERIVED\\PRIMARY\\
-    BIPLANE A|B\\SUBTRACTION, MaskSubtractionSequence (AVG_SUB of frame 1),
-    RecommendedViewingMode SUB, BodyPartExamined HEAD, empty PatientOrientation.
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import UID, ExplicitVRLittleEndian
-
-    frames = case.frontal if view == "frontal" else case.lateral
-    pixels = np.clip(np.rint(frames * 3000.0), 0, 4095).astype(np.uint16)
-    series_uid = _uid(uid_root, case.case_id, view, "series")
-    sop_uid = _uid(uid_root, case.case_id, view, "instance")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(XA_STORAGE)
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = UID(XA_STORAGE), UID(sop_uid)
-    ds.PatientName, ds.PatientID = f"SYNTH^{case.case_id}", case.case_id[-16:]
-    ds.PatientBirthDate, ds.PatientSex = "", "O"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = UID(study_uid), UID(series_uid)
-    ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
-    day, clock = acquisition.strftime("%Y%m%d"), acquisition.strftime("%H%M%S")
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = day
-    ds.StudyTime, ds.SeriesTime = "080000", clock
-    ds.ContentTime = ds.AcquisitionTime = clock
-    ds.AcquisitionDateTime = day + clock
-    ds.StudyDescription = "Cerebral angiography (synthetic)"
-    ds.SeriesDescription = f"DSA {'AP' if view == 'frontal' else 'LAT'} post-thrombectomy (synthetic)"
-    ds.Modality, ds.Manufacturer, ds.BodyPartExamined = "XA", "dicomnode synthetic", "HEAD"
-    ds.SeriesNumber, ds.InstanceNumber = series_number, 1
-    ds.PatientOrientation = ""
-    ds.ImageType = ["DERIVED", "PRIMARY", "BIPLANE A" if view == "frontal" else "BIPLANE B", "SUBTRACTION"]
-    ds.PositionerMotion = "STATIC"
-    ds.PositionerPrimaryAngle = 0.0 if view == "frontal" else 90.0
-    ds.PositionerSecondaryAngle = 0.0
-    ds.KVP, ds.RadiationSetting = 80.0, "GR"
-    ds.DistanceSourceToDetector, ds.DistanceSourceToPatient = 1100.0, 750.0
-    ds.FrameTime = round(case.frame_time_ms, 1)
-    ds.CineRate = int(round(1000.0 / case.frame_time_ms))
-    ds.NumberOfFrames = int(pixels.shape[0])
-    ds.FrameIncrementPointer = 0x00181063  # FrameTime
-    ds.PixelIntensityRelationship = "LOG"
-    ds.RecommendedViewingMode = "SUB"
-    mask = Dataset()
-    mask.MaskOperation = "AVG_SUB"
-    mask.MaskFrameNumbers = [1]
-    ds.MaskSubtractionSequence = DicomSequence([mask])
-    ds.LossyImageCompression = "00"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = int(pixels.shape[1]), int(pixels.shape[2])
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def write_study(
-    case: SyntheticCase,
-    directory: Path,
-    views: Sequence[str] = ("frontal", "lateral"),
-    uid_root: str = "1.2.826.0.1.3680043.10.1495.",
-) -> list[Path]:
-    """Write the pair (or the chosen ``views``) as one study; returns the file paths.
-
-    Both runs share StudyInstanceUID and an acquisition time (biplane), the lateral one
-    a second later, as a biplane system stamps them.
-    """
-    study_uid = _uid(uid_root, case.case_id, "study")
-    start = datetime(2026, 1, 1, 9, 0, 0)
-    return [
-        write_run(case, view, Path(directory) / f"{view}.dcm", study_uid, 10 + i,
-                  start + timedelta(seconds=i), uid_root)
-        for i, view in enumerate(views)
-    ]
-
-
 __all__ = [
     "SyntheticCase",
     "SyntheticConfig",
@@ -670,6 +564,4 @@ __all__ = [
     "generate",
     "generate_case",
     "iter_cases",
-    "write_run",
-    "write_study",
 ]

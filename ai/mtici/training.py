@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -127,10 +126,3 @@ def predict_probabilities(
         for key in out:
             out[key].append(logits[key].softmax(dim=1).cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def summary(probabilities: dict[str, np.ndarray], labels: np.ndarray, mode: str) -> dict[str, Any]:
-    """The spec's metric keys from head probabilities (see :func:`ai.mtici.metrics.grade_metrics`)."""
-    from ai.mtici.metrics import grade_metrics
-
-    return grade_metrics(probabilities, labels, mode)

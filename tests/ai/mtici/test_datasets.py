@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from ai.mtici.datasets import load_amticis, parse_name, read_nifti, read_run_clip, write_nifti
+from ai.mtici.dicomio import write_run
 from ai.mtici.labels import CLASS_NAMES, class_index, successful_classes
-from ai.mtici.synthetic import generate, write_run
+from ai.mtici.synthetic import generate
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from ai.core.contract import Findings
 from ai.core.dicomio import study_views_from_files
 from ai.core.models import LoadedModel, ModelIntegrityError, load_model, save_model_version
 from ai.mtici import labels as L
+from ai.mtici.dicomio import XA_STORAGE, write_study
 from ai.mtici.module import MticiModule
 from ai.mtici.network import NetworkConfig, build_network
-from ai.mtici.synthetic import XA_STORAGE, generate, write_study
+from ai.mtici.synthetic import generate
 
 
 @pytest.fixture(scope="module")

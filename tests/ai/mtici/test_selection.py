@@ -8,9 +8,10 @@ import pytest
 
 from ai.core.contract import Finding, Findings, ImageReference, StudyView
 from ai.core.dicomio import study_views_from_files
+from ai.mtici.dicomio import write_run, write_study
 from ai.mtici.module import MticiModule
 from ai.mtici.selection import SelectionConfig
-from ai.mtici.synthetic import generate, write_run, write_study
+from ai.mtici.synthetic import generate
 
 
 def study_view_from_files(paths: list[Path]) -> StudyView:

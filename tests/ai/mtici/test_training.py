@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ai.core.models import load_model
+from ai.mtici.labels import class_index
 from ai.mtici.metrics import grade_metrics
 from ai.mtici.module import MticiModule
 from ai.mtici.network import NetworkConfig
@@ -18,8 +19,14 @@ from ai.mtici.training import TrainConfig, fit, predict_probabilities, prepare
 TINY = NetworkConfig(clip=(8, 32, 32), channels=(4, 8, 8, 16, 16), head_dim=32, num_heads=2)
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    # On a shared 2-core machine two intra-op threads spin against each other: measured
+    # 3-6 s per prediction with 2 threads vs 0.2 s with 1 under load.
+    torch.set_num_threads(1)
+
+
 def test_tiny_model_beats_chance_in_a_few_epochs() -> None:
-    torch.set_num_threads(2)
     train = prepare(generate(240, 101), TINY.clip, "4class")
     held = prepare(generate(120, 202), TINY.clip, "4class")
     net = fit(TINY, train, TrainConfig(epochs=4, batch_size=16, lr=3e-3, warmup_epochs=1, seed=0))
@@ -46,15 +53,15 @@ def test_bundled_model_meets_targets_on_a_fresh_seed() -> None:
 
 
 def test_geometry_alone_hides_defects_from_each_single_view() -> None:
-    """The generator's overlaps make one view ambiguous and both views less so."""
-    cases = generate(120, 303)
-    truth = np.array([c.label() for c in cases])
+    """The generator's overlaps make one view ambiguous and both views less so.
+
+    ``apparent_grade_<view>`` is the grade a reader sees from the geometry alone
+    (defect pixels with no perfused tissue on the ray); measured on 200 cases of seed
+    7: frontal 0.37, lateral 0.42, both views 0.59.
+    """
+    cases = generate(60, 303)
     acc = {
-        view: float(np.mean([
-            c.info[f"apparent_grade_{view}"] in {"0", "1"} and t == 0
-            or c.info[f"apparent_grade_{view}"] == {1: "2a", 2: "2b", 3: "3"}.get(int(t))
-            for c, t in zip(cases, truth, strict=True)
-        ]))
+        view: float(np.mean([class_index(c.info[f"apparent_grade_{view}"]) == c.label() for c in cases]))
         for view in ("frontal", "lateral", "fused")
     }
     assert acc["fused"] >= max(acc["frontal"], acc["lateral"]) + 0.1, acc
