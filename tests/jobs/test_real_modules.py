@@ -1,4 +1,4 @@
-"""The shipped rules and the real modules: ``dicomnode synth`` studies reach their module.
+"""The shipped rules and the real modules: ``dicomnode synth`` studies reach their modules.
 
 The model each module runs is its bundled one when that has landed; otherwise the
 test registers a freshly initialised (untrained) version made from the module's own
@@ -18,7 +18,7 @@ import pytest
 from conftest import storescu
 from sqlalchemy import select
 
-from dicomnode.storage.models import Job, Result
+from dicomnode.storage.models import Delivery, Job, Result
 
 
 def _model_version(module_name: str, out: Path) -> Path | None:
@@ -34,49 +34,73 @@ def _model_version(module_name: str, out: Path) -> Path | None:
                               version="untrained-test", command="tests/jobs/test_real_modules.py")
 
 
+def _synth(module: str, out: Path, n: int) -> list[Path]:
+    made = subprocess.run([sys.executable, "-m", "dicomnode.cli.main", "synth", module,
+                           "--out", str(out), "--n", str(n), "--seed", "7"],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    return sorted(out.rglob("*.dcm"))
+
+
 @pytest.mark.slow
-def test_synthetic_quality_studies_are_routed_to_quality_by_the_default_rules_and_get_results(
-    node_factory: Any, index: Any, wait_for: Any, tmp_path: Path,
+def test_synthetic_dsa_studies_reach_quality_then_mtici_and_the_results_reach_the_pacs(
+    node_factory: Any, orthanc: Any, index: Any, wait_for: Any, tmp_path: Path,
 ) -> None:
     from ai.core.registry import available_modules
 
-    if "quality" not in available_modules():
-        pytest.fail("the quality module is not installed (setup.cfg entry point)")
-    out = tmp_path / "synth"
-    made = subprocess.run([sys.executable, "-m", "dicomnode.cli.main", "synth", "quality",
-                           "--out", str(out), "--n", "2", "--seed", "7"],
-                          capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    files = sorted(out.glob("*.dcm"))
-    assert len(files) == 2
+    for name in ("quality", "mtici"):
+        if name not in available_modules():
+            pytest.fail(f"the {name} module is not installed (setup.cfg entry point)")
+    runs = _synth("quality", tmp_path / "quality", 2)      # two studies of one run each
+    pair = _synth("mtici", tmp_path / "mtici", 1)          # one study: frontal + lateral run
+    assert len(runs) == 2 and len(pair) == 2
 
     node = node_factory(start=False, config={
         "node": {"fsync": False},
         "routing": {"series_quiet_seconds": 1, "study_quiet_seconds": 2, "sweep_seconds": 0.5},
         "jobs": {"workers": 1, "max_attempts": 2, "retry_backoff_seconds": [1],
                  "torch_threads": 1},
+        "destinations": [{"name": "pacs", "aetitle": orthanc.aetitle, "host": "127.0.0.1",
+                          "port": orthanc.dicom_port}],
     })
     node.write_config()
-    version = _model_version("quality", tmp_path / "models")
-    if version is not None:
-        node.cli("models", "import", str(version), "--activate")
+    for name in ("quality", "mtici"):
+        version = _model_version(name, tmp_path / "models")
+        if version is not None:
+            node.cli("models", "import", str(version), "--activate")
     node.start()
-    assert storescu(node.port, *files).returncode == 0
+    assert storescu(node.port, *runs, *pair).returncode == 0
     db = index(node)
 
     def finished() -> list[Job] | None:
         with db.session() as s:
-            jobs = list(s.scalars(select(Job).where(Job.module == "quality")))
-        return jobs if len(jobs) == 2 and all(j.state in ("done", "failed") for j in jobs) else None
+            jobs = list(s.scalars(select(Job).order_by(Job.id)))
+        return jobs if len(jobs) == 5 and all(j.state in ("done", "failed") for j in jobs) else None
 
-    jobs = wait_for(finished, 240, "two quality jobs to finish")
-    assert [j.state for j in jobs] == ["done", "done"], [j.error for j in jobs]
-    assert {j.rule for j in jobs} == {"dsa-head-quality"}
+    jobs = wait_for(finished, 300, "four quality jobs and one mtici job to finish")
+    assert [j.state for j in jobs] == ["done"] * 5, [(j.module, j.error) for j in jobs]
+    quality = [j for j in jobs if j.module == "quality"]
+    (mtici,) = [j for j in jobs if j.module == "mtici"]
+    assert len(quality) == 4 and {j.rule for j in quality} == {"dsa-head-quality"}
+    assert mtici.rule == "dsa-head-mtici" and mtici.summary["depends_on"] == ["quality"]
+    pair_quality = [j for j in quality if j.study_instance_uid == mtici.study_instance_uid]
+    assert len(pair_quality) == 2
+    assert all(mtici.started_at >= j.finished_at for j in pair_quality)  # mtici after quality
+    # mtici either graded the pair or said why not (e.g. a run rated unusable by quality).
+    assert mtici.summary.get("findings") or mtici.reason
+
     with db.session() as s:
-        for job in jobs:
-            results = list(s.scalars(select(Result).where(Result.job_fk == job.id)))
-            assert "SR" in {r.kind for r in results}, job.summary
-            assert all(r.module == "quality" for r in results)
-            assert job.summary["findings"][0]["module"] == "quality"
-    listed = json.loads(node.cli("jobs", "list", "--json", "--module", "quality").stdout)
-    assert {j["state"] for j in listed} == {"done"}
+        results = list(s.scalars(select(Result)))
+        for job in quality:
+            kinds = {r.kind for r in results if r.job_fk == job.id}
+            assert "SR" in kinds and job.summary["findings"][0]["module"] == "quality"
+        deliveries = list(s.scalars(select(Delivery)))
+    assert deliveries and len(deliveries) == len(results)
+
+    # The outbox (a timed job of the scheduler) sends every result to the PACS.
+    wait_for(lambda: {r.sop_instance_uid for r in results} <= orthanc.sop_instance_uids(), 120,
+             "every result object to be in Orthanc")
+    with db.session() as s:
+        assert set(s.scalars(select(Delivery.state))) == {"delivered"}
+    listed = json.loads(node.cli("jobs", "list", "--json").stdout)
+    assert {(j["module"], j["state"]) for j in listed} == {("quality", "done"), ("mtici", "done")}
