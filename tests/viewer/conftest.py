@@ -1,0 +1,240 @@
+"""The viewer stack for the browser test, built once per module.
+
+Orthanc (Debian's, with its DICOMweb plugin) stands for the PACS.  The source images
+go in with dcmtk's ``storescu`` as a modality would send them; the node's results go
+in through its own outbox (:func:`~dicomnode.results.store_results` then
+:func:`~dicomnode.results.deliver_due`).  ``deploy/viewer/serve.py`` serves the OHIF
+build (``@ohif/app`` from npm, installed by ``deploy/viewer/install-test-deps.sh``)
+and Orthanc's DICOMweb on one 127.0.0.1 origin, and ``eyes.js`` looks at it in
+Debian's Chromium through playwright-core.  Screenshots land in
+``tests/artifacts/viewer/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import OrthancServer, free_port, storescu, wait_for_port
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from results.conftest import make_settings
+from results.factories import StudyHeader
+from results.scenarios import Scenario, keyframes, mtici, quality, spine
+
+from dicomnode.results import build_results, deliver_due, store_results
+from dicomnode.results.build import ResultObject
+from dicomnode.storage.db import open_database
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts" / "viewer"
+SERVE = REPO / "deploy" / "viewer" / "serve.py"
+APP_CONFIG = REPO / "deploy" / "viewer" / "app-config.js"
+OHIF_DIST = Path(os.environ.get("DICOMNODE_OHIF_DIST", HERE / "ohif" / "dist"))
+PLAYWRIGHT = HERE / "node_modules" / "playwright-core"
+CHROMIUM = Path("/usr/bin/chromium")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+INSTALL = "bash deploy/viewer/install-test-deps.sh"
+
+#: A title OHIF does not know: its SR viewport then shows the tree as text, draws nothing.
+WRONG_ROOT = ("18748-4", "LN", "Diagnostic imaging report")
+
+
+@dataclass
+class Study:
+    """One study in Orthanc: the scenario(s) behind it and the result objects delivered."""
+
+    name: str
+    scenarios: list[Scenario]
+    objects: list[ResultObject] = field(default_factory=list)
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.scenarios[0].sources[0].StudyInstanceUID)
+
+    def of_kind(self, kind: str, module: str | None = None) -> list[ResultObject]:
+        return [o for o in self.objects if o.kind == kind and module in (None, o.module)]
+
+
+def _require_tools() -> None:
+    missing = [str(p) for p in (OHIF_DIST / "index.html", PLAYWRIGHT / "package.json", CHROMIUM,
+                                DICOMWEB_PLUGIN) if not p.exists()]
+    if shutil.which("node") is None:
+        missing.append("node")
+    if missing:
+        pytest.fail(f"viewer test tools missing ({', '.join(missing)}): run `{INSTALL}`")
+
+
+def _with_root(sr: Dataset, code: tuple[str, str, str]) -> Dataset:
+    """A copy of ``sr`` whose document title (root concept) is ``code``."""
+    bad = Dataset()
+    bad.update(sr)
+    bad.file_meta = sr.file_meta
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    bad.ConceptNameCodeSequence = DicomSequence([item])
+    return bad
+
+
+def _studies() -> list[Study]:
+    """Every module kind, each study with a patient of its own, plus a broken SR."""
+    def header(name: str, description: str) -> StudyHeader:
+        return StudyHeader(patient_name=f"{name}^Viewer", patient_id=f"VIEW-{name.upper()}",
+                           study_description=description)
+
+    dsa = header("Dsa", "Thrombectomy")
+    studies = [
+        Study("spine", [spine(header("Spine", "MRI lumbar spine"))]),
+        Study("dsa", [quality(dsa), mtici(dsa)]),
+        Study("keyframes", [keyframes(header("Cath", "Coronary angiography"))]),
+        Study("wrong-root", [spine(header("Wrongroot", "MRI lumbar spine"))]),
+    ]
+    return studies
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Orthanc with DICOMweb holding every study, and serve.py in front of it."""
+    _require_tools()
+    work = tmp_path_factory.mktemp("viewer")
+    orthanc = OrthancServer(
+        aetitle="PACS", dicom_port=free_port(), http_port=free_port(), workdir=work / "orthanc",
+        extra_config={
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
+                         "WadoRoot": "/wado", "Ssl": False,
+                         "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+        },
+    )
+    server: subprocess.Popen[bytes] | None = None
+    orthanc.start()
+    try:
+        settings = make_settings(
+            node={"aetitle": "DICOMNODE"},
+            destinations=[{"name": "pacs", "aetitle": "PACS", "host": "127.0.0.1",
+                           "port": orthanc.dicom_port}],
+        )
+        db = open_database(f"sqlite:///{work / 'index.sqlite'}")
+        studies = _studies()
+        for study in studies:
+            for scenario in study.scenarios:
+                paths = scenario.write_sources(work / "sources" / study.name / scenario.name)
+                sent = storescu(orthanc.dicom_port, *paths, aetitle="PACS", calling="MODALITY")
+                assert sent.returncode == 0, sent.stderr
+                objects = build_results(scenario.findings, scenario.images, scenario.sources, settings)
+                if study.name == "wrong-root":
+                    objects = [dataclasses.replace(o, dataset=_with_root(o.dataset, WRONG_ROOT))
+                               for o in objects if o.kind == "SR"]
+                store_results(db, work / "spool", None, objects, ["pacs"])
+                study.objects.extend(objects)
+        report = deliver_due(db, settings, work / "spool")
+        db.dispose()
+        delivered = sum(len(s.objects) for s in studies)
+        assert (report.delivered, report.retrying, report.failed) == (delivered, 0, 0), report
+
+        port = free_port()
+        log = open(work / "serve.log", "wb")  # noqa: SIM115 - lives with the process
+        server = subprocess.Popen(
+            [sys.executable, str(SERVE), "--dist", str(OHIF_DIST), "--orthanc", orthanc.url,
+             "--port", str(port), "--app-config", str(APP_CONFIG),
+             "--access-log", str(work / "access.log")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_for_port(port, 30, server)
+        yield {"base": f"http://127.0.0.1:{port}", "orthanc": orthanc, "studies":
+               {s.name: s for s in studies}, "work": work}
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        orthanc.stop()
+
+
+def content_items(ds: Dataset) -> Iterator[Dataset]:
+    """Every content item of an SR tree, depth first in document order."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def tracking_uids(sr: Dataset) -> list[str]:
+    """Tracking Unique Identifiers (112040) of an SR, in document order."""
+    return [str(item.UID) for item in content_items(sr) if item.get("ValueType") == "UIDREF"
+            and item.ConceptNameCodeSequence[0].CodeValue == "112040"]
+
+
+def listed_name(ds: Dataset) -> str:
+    """The patient as OHIF's study list writes the name: "Family, Given"."""
+    return f"{ds.PatientName.family_name}, {ds.PatientName.given_name}"
+
+
+def _sr_open(name: str, sr: ResultObject, timeout_ms: int) -> dict[str, Any]:
+    return {"name": name, "modality": "SR", "series": str(sr.dataset.SeriesDescription),
+            "waitForUids": tracking_uids(sr.dataset), "timeoutMs": timeout_ms}
+
+
+def _sc_open(name: str, sc: ResultObject) -> dict[str, Any]:
+    return {"name": name, "modality": "OT", "series": str(sc.dataset.SeriesDescription)}
+
+
+def viewer_plan(studies: dict[str, Study], base: str) -> dict[str, Any]:
+    """What eyes.js opens: each visit is one page load of a study in OHIF's viewer.
+
+    An image-level SR is opened on a page of its own: OHIF 3.13.2 fails on it (see
+    test_image_level_findings_are_readable_in_the_sr_viewport) and its error page
+    would hide whatever came after it.
+    """
+    s = studies
+    spine_sr, = s["spine"].of_kind("SR")
+    spine_sc, = s["spine"].of_kind("SC")
+    visits = [
+        {"name": "spine", "study": s["spine"].study_instance_uid,
+         "opens": [_sr_open("spine-sr", spine_sr, 40000), _sc_open("spine-sc", spine_sc)]},
+        {"name": "dsa", "study": s["dsa"].study_instance_uid,
+         "opens": [_sc_open("quality-sc", s["dsa"].of_kind("SC", "quality")[0]),
+                   _sc_open("mtici-sc", s["dsa"].of_kind("SC", "mtici")[0]),
+                   _sr_open("quality-sr", s["dsa"].of_kind("SR", "quality")[0], 12000)]},
+        {"name": "dsa-mtici", "study": s["dsa"].study_instance_uid,
+         "opens": [_sr_open("mtici-sr", s["dsa"].of_kind("SR", "mtici")[0], 12000)]},
+        {"name": "keyframes", "study": s["keyframes"].study_instance_uid,
+         "opens": [_sc_open("keyframes-sc", s["keyframes"].of_kind("SC")[0]),
+                   _sr_open("keyframes-sr", s["keyframes"].of_kind("SR")[0], 12000)]},
+        # The broken SR is watched at least as long as the good one needed (about 3 s).
+        {"name": "wrong-root", "study": s["wrong-root"].study_instance_uid,
+         "opens": [{**_sr_open("wrong-root-sr", s["wrong-root"].of_kind("SR")[0], 20000),
+                    "minMs": 6000, "untilText": WRONG_ROOT[2]}]},
+    ]
+    first = s["spine"].scenarios[0].sources[0]
+    return {"base": base, "out": str(ARTIFACTS), "viewport": [1400, 850], "chromium": str(CHROMIUM),
+            "studyList": {"waitFor": listed_name(first)}, "visits": visits}
+
+
+@pytest.fixture(scope="module")
+def ohif(stack: dict[str, Any]) -> dict[str, Any]:
+    """What eyes.js saw, by visit and open name (screenshots in tests/artifacts/viewer/)."""
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    plan = viewer_plan(stack["studies"], stack["base"])
+    plan_path = stack["work"] / "plan.json"
+    out_path = stack["work"] / "observations.json"
+    plan_path.write_text(json.dumps(plan, indent=1))
+    env = {**os.environ, "NODE_PATH": str(HERE / "node_modules")}
+    run = subprocess.run(["node", str(HERE / "eyes.js"), str(plan_path), str(out_path)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=HERE)
+    (ARTIFACTS / "eyes.log").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0 and out_path.exists(), f"eyes.js failed:\n{run.stderr[-3000:]}"
+    seen = json.loads(out_path.read_text())
+    shutil.copy(out_path, ARTIFACTS / "observations.json")
+    assert "fatal" not in seen, f"eyes.js stopped: {seen['fatal']} (see {ARTIFACTS}/failure.png)"
+    opens = {o["name"]: o for v in seen["visits"] for o in v["opens"]}
+    return {"seen": seen, "opens": opens, "visits": {v["name"]: v for v in seen["visits"]},
+            "plan": plan}
