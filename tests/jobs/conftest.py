@@ -54,6 +54,12 @@ modules = ["killed"]
 series_description = { regex = "^killed" }
 
 [[rules]]
+name = "to-picky"
+modules = ["picky"]
+[rules.match]
+series_description = { regex = "^picky" }
+
+[[rules]]
 name = "chain-after-echo"
 level = "study"
 modules = ["after"]

@@ -106,3 +106,13 @@ def test_a_study_sent_in_two_associations_is_routed_once_and_a_late_instance_rou
     assert after_job.summary["depends_on"] == ["echo"]
     assert after_job.started_at >= echo_job.finished_at  # it waited
     assert after_job.summary["findings"][0]["extra"] == {"prior_echo": 1}
+
+    # A module that selects no case: the job is done (not failed) and says why.
+    picky = uid()
+    assert storescu(node.port, *_mr(tmp_path / "e", picky, uid(), 1, "picky one")).returncode == 0
+    (job,) = wait_for(lambda: (j := _jobs(db, picky)) and j[0].state in ("done", "failed") and j,
+                      60, "the picky job")
+    assert (job.state, job.error, job.reason) == (
+        "done", "", "none of the 1 series is to this module's taste")
+    with db.session() as s:
+        assert not s.scalars(select(Result).where(Result.job_fk == job.id)).all()

@@ -177,6 +177,17 @@ class KilledModule(EchoModule):
         raise AssertionError("unreachable")
 
 
+class PickyModule(EchoModule):
+    """Selects nothing, with a reason (as mtici does without a lateral run)."""
+
+    name = "picky"
+    title = "Test module: selects nothing"
+
+    def select(self, study: StudyView, prior: Mapping[str, Sequence[Findings]] | None = None
+               ) -> Selection:
+        return Selection((), f"none of the {len(study.series)} series is to this module's taste")
+
+
 class AfterModule(EchoModule):
     """A study-level module that depends on ``echo`` and records what ``prior`` held."""
 
@@ -202,4 +213,4 @@ class AfterModule(EchoModule):
 #: Entry points the fixture declares (name = module:Class).
 ENTRY_POINTS = {cls.name: f"dicomnode_testmodules:{cls.__name__}"
                 for cls in (EchoModule, SlowModule, RaisingModule, HogModule, KilledModule,
-                            AfterModule)}
+                            PickyModule, AfterModule)}
