@@ -334,7 +334,8 @@ def _catheter(p: RunParams, size: int) -> np.ndarray:
 def _text(p: RunParams, size: int, rng: np.random.Generator) -> np.ndarray:
     img = Image.new("F", (size, size), 0.0)
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=max(8, round(0.035 * size)))
+    # Same relative size at every matrix (a 128² training run and a 1024² clinical one).
+    font = ImageFont.load_default(size=max(4, round(0.035 * size)))
     lines = [f"F {int(rng.integers(1, 99))}/{p.frames}", f"{rng.uniform(1, 30):.1f} fps",
              f"LAO {abs(p.primary_angle):.0f} CRA {abs(p.secondary_angle):.0f}"]
     text = "\n".join(lines[: int(rng.integers(2, 4))])

@@ -211,3 +211,13 @@ def test_the_minip_of_a_large_run_holds_one_frame_not_the_run(tmp_path: Path) ->
     np.testing.assert_array_equal(minip, expected)
     frame_bytes = 512 * 512 * 2
     assert peak < 3 * frame_bytes, f"peak {peak / 2**20:.1f} MiB for a {30 * frame_bytes / 2**20:.0f} MiB run"
+
+
+def test_a_run_looks_alike_at_the_training_and_clinical_matrix(module: QualityModule) -> None:
+    # Training renders at the input size (128²); the node sees 512²–1024² runs.  The
+    # network input from both must agree, or the bundled model would not transfer.
+    pre = QualityPreprocess(128)
+    for sample in module.synthetic(4, seed=12):
+        small = pre(sample.minip())
+        large = pre(QualitySample(sample.labels, sample.params, size=512).minip())
+        assert float((small - large).abs().mean()) < 0.05
