@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from dicomnode.errors import ConfigError
 from dicomnode.routing.conditions import ConditionError, parse_conditions
@@ -160,3 +161,19 @@ def test_route_check_exits_3_naming_the_line_of_a_bad_rules_file(tmp_path: Path)
     assert res.returncode == 3, res.stderr
     assert (f"{path}, line 6: rule 'xa': match.number_of_frames.more_than: unknown operator"
             in res.stderr), res.stderr
+
+
+def test_the_node_refuses_to_start_with_a_bad_rules_file_naming_the_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(GOOD + 'series_description = { regex = "[" }\n')
+    config = tmp_path / "node.toml"
+    config.write_text(f'[routing]\nrules_file = "{rules}"\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "dicomnode.cli.main", "run", "--config", str(config),
+         "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--bind", "127.0.0.1"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "500"})
+    # Exit 3 (configuration error) once `run` maps ConfigError like `settings_from` does.
+    assert res.returncode != 0
+    assert f"{rules}, line 6: rule 'xa': match.series_description.regex: invalid regular " \
+           "expression" in res.stderr, res.stderr
+    assert not (tmp_path / "data" / "index.sqlite").exists()  # refused before opening anything
