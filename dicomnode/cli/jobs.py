@@ -146,4 +146,5 @@ def cancel_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``jobs`` to the root app."""
     app.add_typer(jobs_app, name="jobs")

@@ -92,4 +92,5 @@ def check_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``route`` to the root app."""
     app.add_typer(route_app, name="route")

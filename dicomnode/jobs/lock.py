@@ -39,6 +39,7 @@ class SchedulerLock:
         return Path(database).with_name(Path(database).name + ".scheduler-lock")
 
     def acquire(self) -> bool:
+        """Take the lock if it is free (never waits); True if this process holds it."""
         if self.held:
             return True
         if self.db.is_sqlite:
@@ -63,9 +64,11 @@ class SchedulerLock:
 
     @property
     def held(self) -> bool:
+        """Whether this process holds the lock."""
         return self._fd is not None or self._conn is not None
 
     def release(self) -> None:
+        """Give the lock up (a standby node takes it within seconds)."""
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

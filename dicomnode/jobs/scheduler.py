@@ -103,6 +103,7 @@ class TimedWork:
         return out
 
     def completion(self) -> None:
+        """Complete series and studies; route complete ones (once the modules are known)."""
         if not self.routing and self.catalog.wait(0):
             self.use_catalog(self.catalog)
         report = self._guard("completion sweep", lambda: sweep(
@@ -111,6 +112,7 @@ class TimedWork:
             self.notifier.notify()
 
     def retries(self) -> None:
+        """Wake jobs whose backoff elapsed, release waiting ones, recover dead workers' jobs."""
         def tick() -> int:
             n = queue.wake_retries(self.db)
             n += queue.release_all_waiting(self.db)
@@ -121,11 +123,13 @@ class TimedWork:
             self.notifier.notify()
 
     def deliver(self) -> None:
+        """Send the results outbox's due deliveries."""
         from dicomnode.results import deliver_due
 
         self._guard("delivery", lambda: deliver_due(self.db, self.settings, self.settings.spool_dir))
 
     def retention(self) -> None:
+        """Delete studies past ``retention.days`` that have nothing pending."""
         self._guard("retention", lambda: sweep_retention(self.db, self.settings))
 
 
@@ -149,6 +153,7 @@ class NodeScheduler:
         self.running = threading.Event()
 
     def start(self) -> None:
+        """Start the scheduler thread (returns at once)."""
         self._thread.start()
 
     def _run(self) -> None:
@@ -220,6 +225,7 @@ class NodeScheduler:
                 logger.debug("cannot wake %s", name, exc_info=True)
 
     def stop(self) -> None:
+        """Shut APScheduler down (waiting for a running tick) and release the lock."""
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)

@@ -57,6 +57,7 @@ class Notifier:
         self._count = 0
 
     def notify(self) -> None:
+        """Wake every waiting slot."""
         with self._cond:
             self._count += 1
             self._cond.notify_all()
@@ -95,6 +96,7 @@ class ModuleCatalog:
         self.broken: dict[str, str] = {}
 
     def fill(self, infos: dict[str, tuple[str, tuple[str, ...]]], broken: dict[str, str]) -> None:
+        """Record what a worker process reported (the first report wins)."""
         if self._filled.is_set():
             return
         self.infos = {n: queue.ModuleInfo(n, level, tuple(deps)) for n, (level, deps) in infos.items()}
@@ -102,6 +104,7 @@ class ModuleCatalog:
         self._filled.set()
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Whether the catalog is known (waiting up to ``timeout`` seconds for it)."""
         return self._filled.wait(timeout)
 
 
@@ -124,6 +127,7 @@ class WorkerProcess:
         self.jobs = 0
 
     def poll_ready(self, timeout: float) -> bool:
+        """Whether the process has said ``ready`` (waiting up to ``timeout`` seconds)."""
         if not self.ready and self.conn.poll(timeout):
             try:
                 msg = self.conn.recv()
@@ -135,9 +139,11 @@ class WorkerProcess:
         return self.ready
 
     def dead(self) -> bool:
+        """Whether the process has ended."""
         return self.proc.exitcode is not None
 
     def stop(self) -> None:
+        """Ask the process to exit, then terminate, then kill it; always reaped."""
         if self.proc.is_alive():
             try:
                 self.conn.send(("exit",))
@@ -177,6 +183,7 @@ class _Slot(threading.Thread):
         return child
 
     def run(self) -> None:
+        """Keep a warm process, claim a job when it is ready, see the job through; repeat."""
         seen = 0
         while not self.pool._stop.is_set():
             try:
@@ -289,6 +296,7 @@ class WorkerPool:
         self.log_level = logging.getLogger().getEffectiveLevel()
 
     def on_job_finished(self) -> None:
+        """Run the after-job hook (never raises)."""
         if self._on_finished is not None:
             try:
                 self._on_finished()
@@ -307,6 +315,7 @@ class WorkerPool:
         logger.info("worker pool: %d slot(s)", len(self._slots))
 
     def stop(self) -> None:
+        """Stop the slots: running jobs go back to the queue, worker processes end."""
         self._stop.set()
         self.notifier.notify()
         for slot in self._slots:

@@ -62,6 +62,7 @@ class SweepReport:
 
     @property
     def idle(self) -> bool:
+        """True when the sweep changed nothing."""
         return not (self.series_completed or self.studies_completed or self.studies_restored
                     or self.routed)
 

@@ -48,6 +48,7 @@ class Explanation:
         return out
 
     def as_json(self) -> dict[str, Any]:
+        """Facts and outcomes as ``route explain --json`` prints them."""
         return {
             "study_instance_uid": self.study_instance_uid,
             "state": self.state,

@@ -31,6 +31,7 @@ class Outcome:
     series: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
+        """The outcome as ``route explain --json`` prints it."""
         return {"rule": self.rule, "level": self.level,
                 "series_instance_uid": self.series_instance_uid or None,
                 "matched": self.matched, "failed": list(self.failures),

@@ -84,6 +84,7 @@ class RuleSet:
     sources: tuple[str, ...] = field(default_factory=tuple)
 
     def get(self, name: str) -> Rule:
+        """The rule called ``name`` (KeyError if none)."""
         for rule in self.rules:
             if rule.name == name:
                 return rule
