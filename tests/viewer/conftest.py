@@ -42,7 +42,8 @@ APP_CONFIG = REPO / "deploy" / "viewer" / "app-config.js"
 OHIF_DIST = Path(os.environ.get("DICOMNODE_OHIF_DIST", HERE / "ohif" / "dist"))
 PLAYWRIGHT = HERE / "node_modules" / "playwright-core"
 CHROMIUM = Path("/usr/bin/chromium")
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+SITE_ORTHANC = json.loads((REPO / "deploy" / "viewer" / "orthanc.json").read_text())
+DICOMWEB_PLUGIN = Path(SITE_ORTHANC["Plugins"][0])
 INSTALL = "bash deploy/viewer/install-test-deps.sh"
 
 #: A title OHIF does not know: its SR viewport then shows the tree as text, draws nothing.
@@ -108,12 +109,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("viewer")
     orthanc = OrthancServer(
         aetitle="PACS", dicom_port=free_port(), http_port=free_port(), workdir=work / "orthanc",
-        extra_config={
-            "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
-                         "WadoRoot": "/wado", "Ssl": False,
-                         "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
-        },
+        # The DICOMweb settings a site gets from deploy/viewer/orthanc.json; ports,
+        # storage and AE title are the test's own.
+        extra_config={key: SITE_ORTHANC[key] for key in ("Plugins", "DicomWeb")},
     )
     server: subprocess.Popen[bytes] | None = None
     orthanc.start()
