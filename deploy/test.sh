@@ -22,6 +22,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The browser test (tests/viewer): Orthanc's DICOMweb plugin, Debian's Chromium,
+# playwright-core and the prebuilt OHIF viewer (pinned by version and sha512).
+bash deploy/viewer/install-test-deps.sh
+
 # torch is pinned (==2.13.0) in setup.cfg: pip takes the CPU wheel from this machine's disk.
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
