@@ -177,6 +177,12 @@ def renew(db: Database, job_id: int, token: str, lease_seconds: float) -> bool:
             Job.id == job_id, Job.state == RUNNING, Job.lease_owner == token,
         ).values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))))
 
+def has_work(db: Database) -> bool:
+    """Whether any job is unfinished (so worker processes are needed)."""
+    with db.session() as s:
+        return bool(s.scalar(select(exists().where(Job.state.in_(UNFINISHED)))))
+
+
 def holds(db: Database, job_id: int, token: str) -> bool:
     """Whether the job is still running under ``token`` (a read; cheap enough every second)."""
     with db.session() as s:

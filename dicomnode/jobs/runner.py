@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
+#: Scheduling priority of worker processes below the node (receiver, scheduler).
+WORKER_NICENESS = 5
+
+
 class LeaseLost(Exception):
     """The job is no longer this worker's (cancelled, or taken after the lease expired)."""
 
@@ -118,6 +122,8 @@ def child_main(conn: Connection, settings_data: Mapping[str, Any], parent_pid: i
     """
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the node, which stops us
+    # Receiving comes first: a modality waits for each C-STORE answer, a model does not.
+    os.nice(WORKER_NICENESS)
     configure_logging(log_level)
     settings = Settings.model_validate(dict(settings_data))
     import torch

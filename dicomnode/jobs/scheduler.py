@@ -31,7 +31,7 @@ from dicomnode.jobs.lock import SchedulerLock
 from dicomnode.jobs.modules import without_modules
 from dicomnode.jobs.retention import sweep_retention
 from dicomnode.jobs.worker import ModuleCatalog, Notifier, WorkerProcess
-from dicomnode.routing.completion import sweep
+from dicomnode.routing.completion import awaiting_routing, sweep
 from dicomnode.routing.router import Route
 from dicomnode.routing.rules import RuleSet
 from dicomnode.storage.db import Database
@@ -110,6 +110,11 @@ class TimedWork:
             self.db, self.settings.routing, self.rules, self._enqueue, route=self.routing))
         if report is not None and any(report.routed.values()):
             self.notifier.notify()
+        if not self.routing and not self.catalog.demanded() and self._guard(
+                "routing demand", lambda: awaiting_routing(self.db)):
+            # A study waits to be routed: start the worker processes, which list the modules.
+            self.catalog.demand()
+            self.notifier.notify()
 
     def retries(self) -> None:
         """Wake jobs whose backoff elapsed, release waiting ones, recover dead workers' jobs."""
@@ -169,7 +174,12 @@ class NodeScheduler:
             return
         self._start_scheduler()
         if self.work.settings.jobs.workers == 0:
-            # No worker pool here: one short-lived worker process just lists the modules.
+            # No worker pool here: when a study needs routing, one short-lived worker
+            # process lists the modules.
+            while not self._stop.is_set() and not self.catalog.demanded(1.0):
+                pass
+            if self._stop.is_set():
+                return
             probe = WorkerProcess(self.work.settings, logging.getLogger().getEffectiveLevel(),
                                   self.catalog)
             while not self._stop.is_set() and not probe.dead() and not probe.poll_ready(0.5):

@@ -88,12 +88,26 @@ class ModuleCatalog:
 
     The node routes with it but never imports a module itself (that would import
     torch into the receiver's process); the first worker process to start fills it.
+    No worker process starts before there is *demand*: a study waiting to be routed
+    or a job to run.  A node that only receives (or a test that never lets a study
+    complete) never pays for importing torch and the modules.
     """
 
     def __init__(self) -> None:
         self._filled = threading.Event()
+        self._demand = threading.Event()
         self.infos: dict[str, queue.ModuleInfo] = {}
         self.broken: dict[str, str] = {}
+
+    def demand(self) -> None:
+        """Ask for worker processes (and so for the catalog) from now on."""
+        if not self._demand.is_set():
+            logger.info("work to do: starting worker processes")
+        self._demand.set()
+
+    def demanded(self, timeout: float | None = 0) -> bool:
+        """Whether worker processes are wanted (waiting up to ``timeout`` seconds)."""
+        return self._demand.wait(timeout)
 
     def fill(self, infos: dict[str, tuple[str, tuple[str, ...]]], broken: dict[str, str]) -> None:
         """Record what a worker process reported (the first report wins)."""
@@ -185,8 +199,15 @@ class _Slot(threading.Thread):
     def run(self) -> None:
         """Keep a warm process, claim a job when it is ready, see the job through; repeat."""
         seen = 0
-        while not self.pool._stop.is_set():
+        pool = self.pool
+        while not pool._stop.is_set():
             try:
+                if not pool.catalog.demanded():
+                    if queue.has_work(pool.db):  # queued by another node, or by the CLI
+                        pool.catalog.demand()
+                    else:
+                        seen = pool.notifier.wait(seen, POLL_SECONDS)
+                    continue
                 child = self._ensure_child()
                 if child is None or not child.poll_ready(0.5):
                     continue
@@ -309,6 +330,8 @@ class WorkerPool:
         if recovered:
             logger.warning("queued again %d job(s) interrupted by the last shutdown: %s",
                            len(recovered), ", ".join(map(str, recovered)))
+        if queue.has_work(self.db):
+            self.catalog.demand()
         self._slots = [_Slot(self, i) for i in range(self.settings.jobs.workers)]
         for slot in self._slots:
             slot.start()

@@ -172,6 +172,12 @@ def route_study(
         return None
 
 
+def awaiting_routing(db: Database) -> bool:
+    """Whether a complete study waits to be routed (an indexed query on ``study.state``)."""
+    with db.session() as s:
+        return bool(s.scalar(select(exists().where(Study.state == "complete"))))
+
+
 def sweep(
     db: Database, timers: RoutingSettings, rules: RuleSet, enqueue: Enqueue,
     now: dt.datetime | None = None, *, route: bool = True,
