@@ -5,8 +5,8 @@
   ``offset_band`` (0.6) of its peak (the cells next to the landmark);
 - class: class-balanced BCE (effective number of samples, β = (n − 1) / n per class)
   on the class logit at the ground-truth peak cell, vertebra and disc separately;
-- grade (extension): cross-entropy over disc morphology v1…v4 and class-balanced BCE on
-  the v5 flag, at the same cells.
+- grade (extension): class-balanced cross-entropy over disc morphology v1…v4 and
+  class-balanced BCE on the v5 flag, at the same cells.
 """
 from __future__ import annotations
 
@@ -20,27 +20,34 @@ from ai.spine.labels import N_VERTEBRAE
 from ai.spine.network import CLS, GRADE, HEAT, OFF_X, OFF_Y, SCHMORL
 
 DEFAULT_LOSS: dict[str, Any] = {
-    "heat_weight": 1.0, "offset_weight": 1.0, "class_weight": 0.2, "grade_weight": 0.1,
+    "heat_weight": 1.0, "offset_weight": 1.0, "class_weight": 0.2, "grade_weight": 0.3,
     "offset_band": 0.6, "sigma_cells": 1.0,
     # Expected class counts of the synthetic generator per 1000 studies (its prevalences):
-    # vertebra v1/v2, disc normal/abnormal, v5 no/yes.
-    "class_counts": {"vertebra": [3150, 1850], "disc": [3270, 2730], "schmorl": [5400, 600]},
+    # vertebra v1/v2, disc normal/abnormal, disc morphology v1..v4, v5 no/yes.
+    "class_counts": {"vertebra": [3150, 1850], "disc": [3270, 2730],
+                     "grade": [3270, 1230, 1040, 460], "schmorl": [5400, 600]},
 }
 
 
-def class_balanced_pos_weight(counts: Sequence[float]) -> float:
-    """BCE ``pos_weight`` from the effective numbers of (negatives, positives).
+def effective_number(n: float) -> float:
+    """E(n) = (1 − βⁿ) / (1 − β) with β = (n − 1) / n (Cui et al.; CCF-Net's choice of β)."""
+    n = max(float(n), 1.0)
+    beta = (n - 1.0) / n
+    return (1.0 - beta**n) / (1.0 - beta) if beta < 1.0 else n
 
-    E(n) = (1 − βⁿ) / (1 − β) with β = (n − 1) / n; class weight 1 / E(n); the positive
-    weight is w₁ / w₀ (CCF-Net's ``CBBCEWithLogitsLoss``).
-    """
-    weights = []
-    for n in counts:
-        n = max(float(n), 1.0)
-        beta = (n - 1.0) / n
-        effective = (1.0 - beta**n) / (1.0 - beta) if beta < 1.0 else n
-        weights.append(1.0 / (effective + 1e-5))
-    return weights[1] / (weights[0] + 1e-5)
+
+def class_balanced_pos_weight(counts: Sequence[float]) -> float:
+    """BCE ``pos_weight`` from (negatives, positives): w₁ / w₀ with w = 1 / E(n)
+    (CCF-Net's ``CBBCEWithLogitsLoss``)."""
+    w0, w1 = (1.0 / (effective_number(n) + 1e-5) for n in counts[:2])
+    return w1 / (w0 + 1e-5)
+
+
+def class_balanced_weights(counts: Sequence[float]) -> list[float]:
+    """Per-class weights 1 / E(n), normalised to mean 1 (for a weighted cross-entropy)."""
+    w = [1.0 / effective_number(n) for n in counts]
+    mean = sum(w) / len(w)
+    return [x / mean for x in w]
 
 
 def _at_peaks(maps: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
@@ -85,7 +92,11 @@ def ccf_loss(maps: torch.Tensor, batch: Mapping[str, torch.Tensor],
     gv = (grades >= 0) & disc_mask
     grade_loss = maps.new_zeros(())
     if gv.any():
-        grade_loss = F.cross_entropy(grade_logits[gv], grades[gv])
+        # Extrusions are rare (v4 ≈ 8 % of discs): balance the grades as CCF-Net balances
+        # its binary classes, or the head never names one.
+        weight = torch.tensor(class_balanced_weights(counts.get("grade", [1, 1, 1, 1])),
+                              dtype=maps.dtype, device=maps.device)
+        grade_loss = F.cross_entropy(grade_logits[gv], grades[gv], weight=weight)
     v5_logits = _at_peaks(maps[:, SCHMORL:SCHMORL + 1].expand(-1, 6, -1, -1), disc_heat)
     if disc_mask.any():
         pw = torch.tensor(class_balanced_pos_weight(counts["schmorl"]), dtype=maps.dtype,

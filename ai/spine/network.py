@@ -143,7 +143,8 @@ def flip_tta(network: nn.Module, image: torch.Tensor) -> torch.Tensor:
     negated (cell j ↔ cell W−1−j, offset o ↔ −o), then heat, offsets and logits are
     averaged.
     """
-    out = network(image)
-    flipped = network(torch.flip(image, dims=(-1,))).flip(dims=(-1,))
+    # One forward over both halves: same arithmetic, half the per-call overhead.
+    both = network(torch.cat([image, torch.flip(image, dims=(-1,))], dim=0))
+    out, flipped = both[: len(image)], both[len(image):].flip(dims=(-1,))
     flipped[:, OFF_X] = -flipped[:, OFF_X]
     return 0.5 * (out + flipped)
