@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import storescu
 from dicom_factory import make_dataset, uid, write
 from sqlalchemy import select
@@ -34,6 +35,7 @@ def _jobs(db: Any, study_uid: str) -> list[Job]:
                               .order_by(Job.id)))
 
 
+@pytest.mark.slow
 def test_a_study_sent_in_two_associations_is_routed_once_and_a_late_instance_routes_it_again(
     jobs_node: Any, index: Any, wait_for: Any, tmp_path: Path,
 ) -> None:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import storescu
 from dicom_factory import make_dataset, uid, write
 from sqlalchemy import select
@@ -38,6 +39,7 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
+@pytest.mark.slow
 def test_a_job_interrupted_by_kill_9_runs_to_completion_exactly_once_after_restart(
     jobs_node: Any, index: Any, wait_for: Any, tmp_path: Path,
 ) -> None:

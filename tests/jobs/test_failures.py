@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import dcmtk, storescu
 from dicom_factory import make_dataset, uid, write
 from sqlalchemy import select
@@ -35,6 +36,7 @@ def _marks(node: Any) -> list[tuple[str, str, float]]:
             (line.split() for line in node.marks.read_text().splitlines())]
 
 
+@pytest.mark.slow
 def test_failing_modules_fail_their_jobs_with_the_reason_retry_as_configured_and_the_node_keeps_receiving(
     jobs_node: Any, index: Any, wait_for: Any, tmp_path: Path,
 ) -> None:
