@@ -23,10 +23,12 @@ def _marks(node: Any) -> list[tuple[str, int, str]]:
             (line.split() for line in node.marks.read_text().splitlines())]
 
 
-def _push(node: Any, directory: Path, description: str) -> str:
-    study = uid()
-    path = write(make_dataset(study_uid=study, SeriesDescription=description, rows=32, columns=32,
-                              StudyDescription="crash test"), directory / f"{description}.dcm")
+def _push(node: Any, directory: Path, description: str, study: str | None = None,
+          series: str | None = None) -> str:
+    study = study or uid()
+    path = write(make_dataset(study_uid=study, series_uid=series, SeriesDescription=description,
+                              rows=32, columns=32, StudyDescription="crash test"),
+                 directory / f"{uid()}.dcm")
     assert storescu(node.port, path).returncode == 0
     return study
 
@@ -43,7 +45,7 @@ def _alive(pid: int) -> bool:
 def test_a_job_interrupted_by_kill_9_runs_to_completion_exactly_once_after_restart(
     jobs_node: Any, index: Any, wait_for: Any, tmp_path: Path,
 ) -> None:
-    node = jobs_node(env={"DICOMNODE_TESTMODULE_SLEEP": "4"})
+    node = jobs_node(env={"DICOMNODE_TESTMODULE_SLEEP": "6"})
     db = index(node)
     study = _push(node, tmp_path, "slow crash")
     started = wait_for(lambda: [m for m in _marks(node) if m[0] == "start"], 120,
@@ -79,7 +81,7 @@ def test_a_job_interrupted_by_kill_9_runs_to_completion_exactly_once_after_resta
              "the second slow job to start")
     job_id = _one_job(db, other).id
     cancel(db, job_id)  # what `dicomnode jobs cancel` does, without its start-up time
-    time.sleep(6)  # longer than the module's 4 s: it would have finished by now
+    time.sleep(8)  # longer than the module's 6 s: it would have finished by now
     assert [m[0] for m in _marks(node)].count("end") == 1
     with db.session() as s:
         assert not list(s.scalars(select(Result).where(Result.study_instance_uid == other)))
@@ -94,3 +96,29 @@ def _one_job(db: Any, study: str) -> Job:
     with db.session() as s:
         (job,) = s.scalars(select(Job).where(Job.study_instance_uid == study)).all()
     return job
+
+
+def _jobs(db: Any, study: str) -> list[Job]:
+    with db.session() as s:
+        return list(s.scalars(select(Job).where(Job.study_instance_uid == study).order_by(Job.id)))
+
+
+@pytest.mark.slow
+def test_a_run_overtaken_by_new_data_keeps_no_results_so_generations_never_mix(
+    jobs_node: Any, index: Any, wait_for: Any, tmp_path: Path,
+) -> None:
+    node = jobs_node(env={"DICOMNODE_TESTMODULE_SLEEP": "6"})
+    db = index(node)
+    series = uid()
+    study = _push(node, tmp_path / "a", "slow mixed", series=series)
+    wait_for(lambda: [m for m in _marks(node) if m[0] == "start"], 120, "generation 1 to start")
+    _push(node, tmp_path / "b", "slow mixed", study=study, series=series)  # a late instance
+    jobs = wait_for(lambda: (j := _jobs(db, study)) and len(j) == 2
+                    and all(x.state == "done" for x in j) and j, 120, "both generations")
+    old, new = jobs
+    assert (old.generation, new.generation) == (1, 2)
+    assert old.reason == "superseded by generation 2 before it finished; results discarded"
+    with db.session() as s:
+        results = list(s.scalars(select(Result).where(Result.study_instance_uid == study)))
+    assert results and {r.job_fk for r in results} == {new.id}  # only generation 2's
+    assert [m[0] for m in _marks(node)] == ["start", "end", "start", "end"]  # both ran
