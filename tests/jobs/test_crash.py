@@ -1,4 +1,8 @@
-"""kill -9 of the node during a job: after a restart the job runs to completion exactly once."""
+"""kill -9 of the node during a job: after a restart the job runs to completion exactly once.
+
+The same node then shows that cancelling stops a running job, and that a run
+overtaken by new data (a newer generation) keeps no results.
+"""
 from __future__ import annotations
 
 import json
@@ -92,33 +96,28 @@ def test_a_job_interrupted_by_kill_9_runs_to_completion_exactly_once_after_resta
     assert again.returncode == 1 and "already cancelled" in again.stderr
 
 
+    # A run overtaken by new data keeps no results: generations never mix.
+    before = len(_marks(node))
+    series = uid()
+    mixed = _push(node, tmp_path / "c", "slow mixed", series=series)
+    wait_for(lambda: len(_marks(node)) > before, 60, "generation 1 to start")
+    _push(node, tmp_path / "d", "slow mixed", study=mixed, series=series)  # a late instance
+    old, new = wait_for(lambda: (j := _jobs(db, mixed)) and len(j) == 2
+                        and all(x.state == "done" for x in j) and j, 120, "both generations")
+    assert (old.generation, new.generation) == (1, 2)
+    assert old.reason == "superseded by generation 2 before it finished; results discarded"
+    with db.session() as s:
+        results = list(s.scalars(select(Result).where(Result.study_instance_uid == mixed)))
+    assert results and {r.job_fk for r in results} == {new.id}  # only generation 2's
+    assert [m[0] for m in _marks(node)[before:]] == ["start", "end", "start", "end"]  # both ran
+
 def _one_job(db: Any, study: str) -> Job:
     with db.session() as s:
         (job,) = s.scalars(select(Job).where(Job.study_instance_uid == study)).all()
     return job
 
 
+
 def _jobs(db: Any, study: str) -> list[Job]:
     with db.session() as s:
         return list(s.scalars(select(Job).where(Job.study_instance_uid == study).order_by(Job.id)))
-
-
-@pytest.mark.slow
-def test_a_run_overtaken_by_new_data_keeps_no_results_so_generations_never_mix(
-    jobs_node: Any, index: Any, wait_for: Any, tmp_path: Path,
-) -> None:
-    node = jobs_node(env={"DICOMNODE_TESTMODULE_SLEEP": "6"})
-    db = index(node)
-    series = uid()
-    study = _push(node, tmp_path / "a", "slow mixed", series=series)
-    wait_for(lambda: [m for m in _marks(node) if m[0] == "start"], 120, "generation 1 to start")
-    _push(node, tmp_path / "b", "slow mixed", study=study, series=series)  # a late instance
-    jobs = wait_for(lambda: (j := _jobs(db, study)) and len(j) == 2
-                    and all(x.state == "done" for x in j) and j, 120, "both generations")
-    old, new = jobs
-    assert (old.generation, new.generation) == (1, 2)
-    assert old.reason == "superseded by generation 2 before it finished; results discarded"
-    with db.session() as s:
-        results = list(s.scalars(select(Result).where(Result.study_instance_uid == study)))
-    assert results and {r.job_fk for r in results} == {new.id}  # only generation 2's
-    assert [m[0] for m in _marks(node)] == ["start", "end", "start", "end"]  # both ran
