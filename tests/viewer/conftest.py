@@ -17,7 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from results.conftest import make_settings
 from results.factories import StudyHeader
 from results.scenarios import Scenario, keyframes, mtici, quality, spine
+from viewer import node_run
 
 from dicomnode.results import build_results, deliver_due, store_results
 from dicomnode.results.build import ResultObject
@@ -114,8 +117,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         extra_config={key: SITE_ORTHANC[key] for key in ("Plugins", "DicomWeb")},
     )
     server: subprocess.Popen[bytes] | None = None
+    node: node_run.NodeSpine | None = None
+    starting: Future[node_run.NodeSpine] | None = None
+    started = time.monotonic()
+    timing: dict[str, float] = {}
+
+    def lap(what: str) -> None:
+        timing[what] = round(time.monotonic() - started, 1)
+
     orthanc.start()
+    lap("orthanc up")
     try:
+        # The node's preparation (synthetic study, model version, start-up) runs beside
+        # the scenario studies: it is mostly waiting on subprocesses.
+        pool = ThreadPoolExecutor(1)
+        starting = pool.submit(node_run.start, work / "node-run", orthanc)
         settings = make_settings(
             node={"aetitle": "DICOMNODE"},
             destinations=[{"name": "pacs", "aetitle": "PACS", "host": "127.0.0.1",
@@ -138,6 +154,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         db.dispose()
         delivered = sum(len(s.objects) for s in studies)
         assert (report.delivered, report.retrying, report.failed) == (delivered, 0, 0), report
+        lap("scenario results delivered")
+        node = starting.result(timeout=300)
+        pool.shutdown()
+        lap("node started")
+        node_run.push(node, orthanc)
+        lap("study pushed to the node")
 
         port = free_port()
         log = open(work / "serve.log", "wb")  # noqa: SIM115 - lives with the process
@@ -148,9 +170,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             stdout=log, stderr=subprocess.STDOUT,
         )
         wait_for_port(port, 30, server)
+        node_run.wait_for_results(node, orthanc)
+        lap("node results in the PACS")
         yield {"base": f"http://127.0.0.1:{port}", "orthanc": orthanc, "studies":
-               {s.name: s for s in studies}, "work": work}
+               {s.name: s for s in studies}, "node": node, "work": work, "timing": timing}
     finally:
+        if node is None and starting is not None:
+            node = starting.result() if starting.done() and not starting.exception() else None
+        if node is not None:
+            node.node.stop()
         if server is not None:
             server.terminate()
             server.wait(10)
@@ -170,6 +198,39 @@ def tracking_uids(sr: Dataset) -> list[str]:
             and item.ConceptNameCodeSequence[0].CodeValue == "112040"]
 
 
+@dataclass(frozen=True)
+class SRPoint:
+    """One TID 1410 POINT group of an SR, as written in the document."""
+
+    uid: str
+    tracking_id: str
+    finding_site: str
+    column: float
+    row: float
+    image: str  # SOP Instance UID the point was selected from
+    displayed: bool  # on the image OHIF's SR viewport opens (the first group's)
+
+
+def sr_points(sr: Dataset) -> list[SRPoint]:
+    """The SCOORD POINT groups of ``sr`` in document order."""
+    out: list[SRPoint] = []
+    for group in content_items(sr):
+        if group.get("ValueType") != "CONTAINER" or group.ConceptNameCodeSequence[0].CodeValue != "125007":
+            continue
+        by_code = {i.ConceptNameCodeSequence[0].CodeValue: i for i in group.ContentSequence}
+        scoord = next((i for i in group.ContentSequence if i.ValueType == "SCOORD"), None)
+        if scoord is None or scoord.GraphicType != "POINT":
+            continue
+        image = str(scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        site = by_code.get("363698007")
+        out.append(SRPoint(
+            uid=str(by_code["112040"].UID), tracking_id=str(by_code["112039"].TextValue),
+            finding_site=str(site.ConceptCodeSequence[0].CodeMeaning) if site else "",
+            column=float(scoord.GraphicData[0]), row=float(scoord.GraphicData[1]),
+            image=image, displayed=not out or image == out[0].image))
+    return out
+
+
 def listed_name(ds: Dataset) -> str:
     """The patient as OHIF's study list writes the name: "Family, Given"."""
     return f"{ds.PatientName.family_name}, {ds.PatientName.given_name}"
@@ -180,11 +241,12 @@ def _sr_open(name: str, sr: ResultObject, timeout_ms: int) -> dict[str, Any]:
             "waitForUids": tracking_uids(sr.dataset), "timeoutMs": timeout_ms}
 
 
-def _sc_open(name: str, sc: ResultObject) -> dict[str, Any]:
-    return {"name": name, "modality": "OT", "series": str(sc.dataset.SeriesDescription)}
+def _sc_open(name: str, sc: ResultObject | Dataset) -> dict[str, Any]:
+    ds = sc.dataset if isinstance(sc, ResultObject) else sc
+    return {"name": name, "modality": "OT", "series": str(ds.SeriesDescription)}
 
 
-def viewer_plan(studies: dict[str, Study], base: str) -> dict[str, Any]:
+def viewer_plan(studies: dict[str, Study], node: node_run.NodeSpine, base: str) -> dict[str, Any]:
     """What eyes.js opens: each visit is one page load of a study in OHIF's viewer.
 
     An image-level SR is opened on a page of its own: OHIF 3.13.2 fails on it (see
@@ -194,7 +256,14 @@ def viewer_plan(studies: dict[str, Study], base: str) -> dict[str, Any]:
     s = studies
     spine_sr, = s["spine"].of_kind("SR")
     spine_sc, = s["spine"].of_kind("SC")
+    node_sr, node_sc = node.results["SR"], node.results["OT"]
     visits = [
+        {"name": "node-spine", "study": node.study_instance_uid,
+         "opens": [{"name": "node-spine-sr", "modality": "SR",
+                    "series": str(node_sr.SeriesDescription),
+                    "waitForUids": [p.uid for p in sr_points(node_sr) if p.displayed],
+                    "timeoutMs": 40000},
+                   _sc_open("node-spine-sc", node_sc)]},
         {"name": "spine", "study": s["spine"].study_instance_uid,
          "opens": [_sr_open("spine-sr", spine_sr, 40000), _sc_open("spine-sc", spine_sc)]},
         {"name": "dsa", "study": s["dsa"].study_instance_uid,
@@ -221,7 +290,7 @@ def ohif(stack: dict[str, Any]) -> dict[str, Any]:
     """What eyes.js saw, by visit and open name (screenshots in tests/artifacts/viewer/)."""
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
-    plan = viewer_plan(stack["studies"], stack["base"])
+    plan = viewer_plan(stack["studies"], stack["node"], stack["base"])
     plan_path = stack["work"] / "plan.json"
     out_path = stack["work"] / "observations.json"
     plan_path.write_text(json.dumps(plan, indent=1))
@@ -232,6 +301,8 @@ def ohif(stack: dict[str, Any]) -> dict[str, Any]:
     assert run.returncode == 0 and out_path.exists(), f"eyes.js failed:\n{run.stderr[-3000:]}"
     seen = json.loads(out_path.read_text())
     shutil.copy(out_path, ARTIFACTS / "observations.json")
+    (ARTIFACTS / "timing.json").write_text(json.dumps(
+        {"setup_seconds": stack["timing"], "browser_seconds": seen["elapsed"]}, indent=1))
     assert "fatal" not in seen, f"eyes.js stopped: {seen['fatal']} (see {ARTIFACTS}/failure.png)"
     opens = {o["name"]: o for v in seen["visits"] for o in v["opens"]}
     return {"seen": seen, "opens": opens, "visits": {v["name"]: v for v in seen["visits"]},
