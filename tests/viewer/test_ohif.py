@@ -1,7 +1,8 @@
 """The node's results as a person sees them in OHIF, in a real browser, offline.
 
 One module-scoped run (conftest.py): the studies go into Orthanc (sources by
-``storescu``, results by the node's outbox), ``deploy/viewer/serve.py`` serves the
+``storescu``; results by the node's outbox, and for one spine study by a running
+``dicomnode run`` with the real spine module), ``deploy/viewer/serve.py`` serves the
 OHIF build and Orthanc's DICOMweb on one 127.0.0.1 origin, and ``eyes.js`` opens each
 study in Debian's Chromium and double-clicks our series.  These tests judge what it
 saw.  Screenshots: ``tests/artifacts/viewer/*.png``.
@@ -225,6 +226,11 @@ def test_no_request_leaves_127_0_0_1(ohif: dict[str, Any]) -> None:
     # Nothing but http(s) on that origin and in-page data/blob URLs.
     schemes = {urllib.parse.urlsplit(r["url"]).scheme for r in requests}
     assert schemes <= {"http", "data", "blob"}, schemes
+
+
+def test_every_request_the_viewer_made_was_answered(ohif: dict[str, Any]) -> None:
+    failed = [e for o in ohif["opens"].values() for e in o["errors"] if e.startswith("HTTP ")]
+    assert failed == []
 
 
 def test_screenshots_are_written(ohif: dict[str, Any]) -> None:
