@@ -9,8 +9,6 @@ say is the module's own tests' business, not this one's.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +33,12 @@ def _model_version(module_name: str, out: Path) -> Path | None:
 
 
 def _synth(module: str, out: Path, n: int) -> list[Path]:
-    made = subprocess.run([sys.executable, "-m", "dicomnode.cli.main", "synth", module,
-                           "--out", str(out), "--n", str(n), "--seed", "7"],
-                          capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
+    """What ``dicomnode synth MODULE --out OUT --n N --seed 7`` writes (done in-process:
+    the test already has torch imported, a CLI run would import it again)."""
+    from ai.core.registry import get_module
+
+    mod = get_module(module)
+    mod.write_dicom(mod.synthetic(n, 7), out)
     return sorted(out.rglob("*.dcm"))
 
 
@@ -63,11 +63,15 @@ def test_synthetic_dsa_studies_reach_quality_then_mtici_and_the_results_reach_th
         "destinations": [{"name": "pacs", "aetitle": orthanc.aetitle, "host": "127.0.0.1",
                           "port": orthanc.dicom_port}],
     })
-    node.write_config()
-    for name in ("quality", "mtici"):
+    from dicomnode.storage.db import open_database
+    from dicomnode.storage.registry import import_version
+
+    index_db = open_database(f"sqlite:///{node.data_dir / 'index.sqlite'}", fsync=False)
+    for name in ("quality", "mtici"):  # what `dicomnode models import --activate` does
         version = _model_version(name, tmp_path / "models")
         if version is not None:
-            node.cli("models", "import", str(version), "--activate")
+            import_version(index_db, version, node.data_dir / "models", activate=True)
+    index_db.dispose()
     node.start()
     assert storescu(node.port, *runs, *pair).returncode == 0
     db = index(node)
