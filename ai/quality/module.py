@@ -154,13 +154,14 @@ class QualityModule(AIModule):
                         "dropout": 0.1},
             "preprocessing": {"projection": "MinIP (pixel-wise minimum over all frames)",
                               "pad": "square, median value", "resize": "area",
-                              "size": 128, "scale": "divide by background percentile, clip",
-                              "background_percentile": 98.0},
+                              "size": 128,
+                              "scale": "x / (background percentile * headroom), clip [0, 1]",
+                              "background_percentile": 98.0, "headroom": 1.5},
             # Runs are rendered at the network's input size: geometry, line widths, text
             # and noise grain are in field units, so a 1024² run resized to 128² looks
             # alike (checked in tests), and rendering is 4× cheaper than at 256².
-            "training": {"epochs": 14, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4,
-                         "cache_rate": 1.0, "train_n": 2000, "val_n": 400,
+            "training": {"epochs": 22, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4,
+                         "cache_rate": 1.0, "train_n": 2500, "val_n": 400,
                          "render_size": 128},
         }
 

@@ -55,8 +55,8 @@ PRIORS: dict[str, dict[str, float]] = {
 }
 MOTION_RANGE = {"none": (0.0, 0.0), "mild": (0.012, 0.025), "severe": (0.04, 0.08)}
 NOISE_RANGE = {"mild": (0.006, 0.014), "severe": (0.035, 0.06)}
-SKULL_MARGIN = 0.02  # complete: at least this far inside the field
-SKULL_OVERSHOOT = 0.04  # truncated: at least this far past an edge
+SKULL_MARGIN = 0.03  # complete: at least this far inside the field
+SKULL_OVERSHOOT = 0.05  # truncated: at least this far past an edge
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def _device(p: RunParams, size: int, rng: np.random.Generator, segments: list[An
     # Place the device on the MCA segment (or where it would be without contrast).
     pts = segments[min(2, len(segments) - 1)][0]
     x, y = pts[len(pts) // 2]
-    r = 0.03 * p.ry / 0.35
+    r = 0.04 * p.ry / 0.35
     if p.device_kind == "coil":
         for _ in range(14):
             a = rng.uniform(0, 2 * math.pi)
@@ -314,11 +314,11 @@ def _device(p: RunParams, size: int, rng: np.random.Generator, segments: list[An
         nx, ny = -dy, dx
         zig = [(x + dx * length * k / 10 + nx * half * (1 if k % 2 else -1),
                 y + dy * length * k / 10 + ny * half * (1 if k % 2 else -1)) for k in range(11)]
-        cv.line(zig, 0.003, 0.9)
+        cv.line(zig, 0.005, 0.9)
         cv.line([(x + nx * half, y + ny * half), (x + dx * length + nx * half,
-                                                  y + dy * length + ny * half)], 0.003, 0.9)
-        for k in (0, 10):
-            cv.ellipse(x + dx * length * k / 10, y + dy * length * k / 10, 0.006, 0.006, 1.0)
+                                                  y + dy * length + ny * half)], 0.005, 0.9)
+        for k in (0, 10):  # radiopaque end markers
+            cv.ellipse(x + dx * length * k / 10, y + dy * length * k / 10, 0.01, 0.01, 1.0)
     return ndimage.gaussian_filter(cv.array(), sigma=max(0.4, size / 800))
 
 
@@ -376,7 +376,7 @@ def render_run(p: RunParams, size: int = 256, frames: int | None = None) -> np.n
     lowfreq = ndimage.zoom(rng.normal(0, 0.015, (8, 8)).astype(np.float32), size / 8, order=1)
     static = (BACKGROUND + lowfreq).astype(np.float32)
     # Imperfect log subtraction leaves a faint outline of the skull even without motion.
-    static -= 0.07 * bone
+    static -= 0.09 * bone
     if catheter is not None:
         static -= 0.35 * catheter
     shifts = _shifts(p, rng) * size
@@ -390,8 +390,8 @@ def render_run(p: RunParams, size: int = 256, frames: int | None = None) -> np.n
         frame = static.copy()
         dy, dx = float(shifts[i, 0]), float(shifts[i, 1])
         moving = p.contrast_strength * (art[i] * tree + 0.25 * par[i] * blush)
-        if device is not None:
-            moving = moving + 0.5 * device
+        if device is not None:  # platinum coils and markers are far denser than contrast
+            moving = moving + 0.7 * device
         if dy or dx:
             moved_bone = ndimage.shift(bone, (dy, dx), order=1, mode="nearest")
             # Misregistration: the live frame's bone no longer cancels the mask's.
@@ -404,13 +404,13 @@ def render_run(p: RunParams, size: int = 256, frames: int | None = None) -> np.n
             k = -(-size // grain)
             noise = np.kron(noise, np.ones((k, k), np.float32))[:size, :size]
         frame += noise
-        if text is not None:
-            frame = np.maximum(frame, text)
         if p.labels["shutter"] == "present":
             frame[:, :left] = 0.03
             frame[:, size - right:] = 0.03
             frame[:top, :] = 0.03
             frame[size - bottom:, :] = 0.03
+        if text is not None:  # annotations are burned in last, over the shutters too
+            frame = np.maximum(frame, text)
         out[i] = np.clip(frame * MAX_VALUE, 0, MAX_VALUE).astype(np.uint16)
     return out
 

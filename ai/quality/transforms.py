@@ -107,15 +107,17 @@ class QualityPreprocess(Transform):
     Pad to square, resize by area averaging (an anti-aliased downsampling, so noise
     and thin vessels look alike from any matrix size), then divide by the background
     level (the ``upper`` percentile, e.g. 98th: most of a MinIP is unopacified
-    background) and clip to [0, 1].  Unlike a min-max stretch this keeps how dark
-    the vessels are relative to the background: a stretch would blow a run without
-    contrast (and its noise) up to full range and blur the contrast and noise labels.
-    Burned-in text, brighter than the background, saturates at 1.
+    background), clip at ``headroom`` times the background and scale to [0, 1].
+    Unlike a min-max stretch this keeps how dark the vessels are relative to the
+    background: a stretch would blow a run without contrast (and its noise) up to
+    full range and blur the contrast and noise labels.  The headroom keeps burned-in
+    text, brighter than the background, visible (background maps to 1/headroom).
     """
 
-    def __init__(self, size: int = 128, upper: float = 98.0) -> None:
+    def __init__(self, size: int = 128, upper: float = 98.0, headroom: float = 1.5) -> None:
         self.size = size
         self.upper = upper
+        self.headroom = headroom
         self.pad = PadToSquare()
         self.resize = Resize((size, size), mode="area")
 
@@ -127,7 +129,7 @@ class QualityPreprocess(Transform):
         if arr.shape[-1] != self.size:
             arr = np.asarray(self.resize(torch.as_tensor(arr)))
         background = float(np.percentile(arr, self.upper))
-        out = np.clip(arr / max(background, 1e-6), 0.0, 1.0)
+        out = np.clip(arr / (max(background, 1e-6) * self.headroom), 0.0, 1.0)
         # A plain tensor, not a MetaTensor: the collated batch then stays a plain tensor.
         return convert_to_tensor(out, dtype=torch.float32, track_meta=False).contiguous()
 
@@ -151,4 +153,5 @@ def preprocess_config(config: Mapping[str, Any]) -> QualityPreprocess:
     """:class:`QualityPreprocess` from a module config's ``preprocessing`` section."""
     pre = config.get("preprocessing", {})
     return QualityPreprocess(int(pre.get("size", 128)),
-                             float(pre.get("background_percentile", 98.0)))
+                             float(pre.get("background_percentile", 98.0)),
+                             float(pre.get("headroom", 1.5)))
