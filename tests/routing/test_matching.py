@@ -116,13 +116,26 @@ def explained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         wait_for_port(port, 60, proc)
         sent = storescu(port, *files)
         assert sent.returncode == 0, sent.stderr
-        out = {}
+        # Explanations in-process (the function the CLI prints), and the CLI itself for
+        # one study in JSON (it must print the same) and one as a table.
+        from dicomnode.config import Settings
+        from dicomnode.jobs.modules import load_routing
+        from dicomnode.routing.explain import explain_study
+        from dicomnode.storage.db import open_database
+
+        db = open_database(f"sqlite:///{root / 'data' / 'index.sqlite'}", upgrade=False)
+        rules = load_routing(Settings())  # what the CLI loads: defaults, installed modules
+        out: dict[str, Any] = {}
         for key, study in STUDIES.items():
-            res = subprocess.run([sys.executable, "-m", "dicomnode.cli.main", "route", "explain",
-                                  study, "--json", *base], capture_output=True, text=True,
-                                 timeout=120)
-            assert res.returncode == 0, res.stderr
-            out[key] = json.loads(res.stdout)
+            explanation = explain_study(db, study, rules)
+            assert explanation is not None
+            out[key] = json.loads(json.dumps(explanation.as_json(), default=str))
+        db.dispose()
+        res = subprocess.run([sys.executable, "-m", "dicomnode.cli.main", "route", "explain",
+                              STUDIES["neuro"], "--json", *base], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        out["neuro-cli"] = json.loads(res.stdout)
         table = subprocess.run([sys.executable, "-m", "dicomnode.cli.main", "route", "explain",
                                 STUDIES["spine"], *base], capture_output=True, text=True,
                                timeout=120, env={**os.environ, "COLUMNS": "400"})
@@ -169,6 +182,10 @@ def test_mtici_needs_a_frontal_and_a_lateral_dsa_run_of_the_study(explained: dic
     for key in ("coronary", "spine", "ct"):
         other = next(o for o in explained[key]["outcomes"] if o["rule"] == "dsa-head-mtici")
         assert other["failed"][0].startswith("requires frontal DSA run: no series matched by")
+
+
+def test_the_cli_prints_the_same_explanation_as_json(explained: dict[str, Any]) -> None:
+    assert explained["neuro-cli"] == explained["neuro"]
 
 
 def test_explain_prints_a_table_for_people(explained: dict[str, Any]) -> None:
