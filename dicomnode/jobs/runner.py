@@ -247,7 +247,7 @@ def run_job(settings: Settings, db: Database, job_id: int, token: str,
     """
     from ai.core.models import load_model
     from ai.core.registry import get_module
-    from dicomnode.results import build_results, store_results
+    from dicomnode.results import BuildOptions, build_results, store_results
 
     stage = stage if stage is not None else []
     t0 = time.monotonic()
@@ -293,6 +293,8 @@ def run_job(settings: Settings, db: Database, job_id: int, token: str,
         model = load_model(model_path(db, module), module, settings.jobs.device)
         t = lap("model", t)
         predecessors = predecessor_headers(db, settings, job)
+        options = BuildOptions(sr_storage=settings.results.sr_storage,  # [results] settings
+                               gsps=settings.results.gsps)
         objects, findings_out, predict_s, render_s, build_s = [], [], 0.0, 0.0, 0.0
         for case in selection.cases:
             stage.append("predict")
@@ -304,7 +306,8 @@ def run_job(settings: Settings, db: Database, job_id: int, token: str,
             stage.append("build results")
             c = time.monotonic()
             objects.extend(build_results(findings, images, [i.path for i in case.inputs],
-                                         settings, predecessor=predecessors or None))
+                                         settings, predecessor=predecessors or None,
+                                         options=options))
             predict_s, render_s = predict_s + b - a, render_s + c - b
             build_s += time.monotonic() - c
             findings_out.append(findings_to_json(findings))
