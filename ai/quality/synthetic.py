@@ -124,7 +124,11 @@ def draw_params(rng: np.random.Generator, seed: int, frames: tuple[int, int] = (
             blades[int(s)] = float(rng.uniform(0.06, 0.16))
         shutter = (blades[0], blades[1], blades[2], blades[3])
     want_complete = labels["skull"] == "complete"
-    for _ in range(1000):
+    for attempt in range(2000):
+        if attempt >= 1000:
+            # Heavy shutters on every side can leave no room for a complete skull:
+            # open them step by step (only ever reached after 1000 failed draws).
+            shutter = (shutter[0] * 0.9, shutter[1] * 0.9, shutter[2] * 0.9, shutter[3] * 0.9)
         ratio = rng.uniform(*aspect)
         ry = rng.uniform(0.26, 0.40) if want_complete else rng.uniform(0.30, 0.62)
         rx = ry * ratio
