@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dicomnode.config import Settings, load_settings
@@ -46,7 +47,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON out
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print ``message`` to stderr and exit with ``code``."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    # Messages quote TOML ("[[rules]]"): escape them so rich does not read them as markup.
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from dicomnode.cli.common import ConfigOpt, DataDirOpt, EXIT_UNREACHABLE, fail, settings_from
+from dicomnode.cli.common import (
+    EXIT_CONFIG, EXIT_UNREACHABLE, ConfigOpt, DataDirOpt, fail, settings_from,
+)
 
 
 def run(
@@ -29,8 +31,12 @@ def run(
     roles = ("receiver", "worker") if role == "all" else (role,)
     if not set(roles) <= {"receiver", "worker"}:
         fail(f"--role must be receiver, worker or all, not {role!r}", 2)
+    from dicomnode.errors import ConfigError
+
     try:
         node = Node(settings, roles=roles)
+    except ConfigError as exc:  # e.g. a routing rules file error: file, line and reason
+        fail(str(exc), EXIT_CONFIG)
     except OSError as exc:
         fail(f"cannot start: {exc}", EXIT_UNREACHABLE)
     try:
