@@ -221,3 +221,14 @@ def test_a_run_looks_alike_at_the_training_and_clinical_matrix(module: QualityMo
         small = pre(sample.minip())
         large = pre(QualitySample(sample.labels, sample.params, size=512).minip())
         assert float((small - large).abs().mean()) < 0.05
+
+
+def test_every_draw_places_the_skull_even_under_heavy_shutters() -> None:
+    from ai.quality.synthetic import draw_params
+
+    rng = np.random.default_rng(0)
+    for i in range(4000):
+        p = draw_params(rng, i)
+        clearance = skull_clearance(p)
+        assert clearance >= SKULL_MARGIN if p.labels["skull"] == "complete" else (
+            clearance <= -SKULL_OVERSHOOT)
