@@ -8,19 +8,29 @@ fsync'd) and the row is committed.  Anything else raises a
 Order matters for crash safety: file first, then index.  A crash between the two
 leaves an unindexed file (harmless; the sender got no success and sends again),
 never an index row that points at a missing or partial file.
+
+Memory stays bounded whatever was sent: :class:`HeaderScan` walks the element
+headers first and refuses a data set whose eagerly parsed part (small values,
+whole sequences) exceeds :data:`HEADER_MEMORY_LIMIT`; big top-level values are
+deferred, and the few the index needs are read before the file moves.  Error
+messages never quote received values (they reach the log and the audit trail).
 """
 from __future__ import annotations
 
 import logging
 import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -43,6 +53,8 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data.
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+#: Quoted values in a parser's message (``'DOE^JOHN'``, ``b'..'``): they may be patient data.
+QUOTED_RE = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
 
 #: Header attributes kept in ``Instance.attributes`` for module selection.
 EXTRA_KEYWORDS = (
@@ -53,11 +65,54 @@ EXTRA_KEYWORDS = (
     "ContentDate", "ContentTime", "PatientOrientation", "Manufacturer",
     "ImagerPixelSpacing", "DistanceSourceToDetector", "DistanceSourceToPatient",
 )
+#: Every attribute the index row is built from (:meth:`Ingestor._index`).
+INDEX_KEYWORDS = (
+    "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription", "Modality", "SeriesNumber",
+    "SeriesDescription", "BodyPartExamined", "ImageType", "ViewPosition", "ImageLaterality",
+    "PositionerPrimaryAngle", "PositionerSecondaryAngle", "ImageOrientationPatient",
+    "NumberOfSeriesRelatedInstances", "InstanceNumber", "NumberOfFrames", "Rows", "Columns",
+    "AcquisitionDateTime", *EXTRA_KEYWORDS,
+)
+#: A deferred (over 4 kB) value the index reads is loaded before the file moves if it
+#: is at most this long; a longer one (no real value of these attributes is) stays in
+#: the stored file but out of the index row.
+INDEX_VALUE_LIMIT = 64 * 1024
+#: Values pydicom defers (reads only on access) at the top level; see read_header.
+DEFER_SIZE = 4096
+#: What a data set's parsed part (small top-level values, whole sequences) may take
+#: in memory.  pydicom reads sequences eagerly: unchecked, a 2 GB value inside a
+#: sequence item became 2 GB of RSS.
+HEADER_MEMORY_LIMIT = 64 << 20
+#: Sequences nested deeper than this are refused (pydicom parses them recursively).
+MAX_SEQUENCE_DEPTH = 64
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                      b"UT", b"UV"})
 
 
 def valid_uid(value: Any) -> bool:
     """True when ``value`` is a UID that PS3.5 §9.1 allows (≤ 64 chars)."""
     return isinstance(value, str) and 0 < len(value) <= 64 and bool(UID_RE.match(value))
+
+
+def uid_problem(value: Any) -> str:
+    """Why ``value`` is not a valid UID, without quoting it."""
+    if isinstance(value, MultiValue):
+        return f"{len(value)} values where one is allowed"
+    text = str(value)
+    if len(text) > 64:
+        return f"{len(text)} characters, more than 64"
+    if not re.fullmatch(r"[0-9.]*", text):
+        return f"{len(text)} characters, not only digits and dots"
+    if "" in text.split("."):
+        return "an empty component"
+    return "a component with a leading zero"
+
+
+def redact(message: str, limit: int = 300) -> str:
+    """A parser's error message without the values it quotes (they may be PHI), shortened."""
+    return QUOTED_RE.sub("'…'", message)[:limit]
 
 
 def _plain(value: Any) -> Any:
@@ -94,6 +149,114 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return None
+
+
+class HeaderScan:
+    """Walks element headers, never values, to learn what pydicom would hold in memory.
+
+    Parameters
+    ----------
+    fh : BinaryIO
+        The Part 10 file.
+    size : int
+        Its length.
+    implicit, little : bool
+        The data set's encoding (from its transfer syntax).
+    """
+
+    def __init__(self, fh: Any, size: int, implicit: bool, little: bool) -> None:
+        self.fh, self.size, self.implicit = fh, size, implicit
+        self.u16, self.u32 = ("<H", "<L") if little else (">H", ">L")
+
+    def _read(self, pos: int, n: int) -> bytes:
+        self.fh.seek(pos)
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise EOFError(f"data ends inside an element header at byte {pos}")
+        return bytes(data)
+
+    def _header(self, pos: int, implicit: bool) -> tuple[int, bytes, int, int]:
+        """(tag, VR or b"" if implicit, value length, value offset) of the element at ``pos``."""
+        head = self._read(pos, 8)
+        tag = (struct.unpack(self.u16, head[:2])[0] << 16) | struct.unpack(self.u16, head[2:4])[0]
+        if implicit or tag >> 16 == 0xFFFE:  # items and delimiters have no VR
+            return tag, b"", struct.unpack(self.u32, head[4:8])[0], pos + 8
+        vr = head[4:6]
+        if vr in LONG_VRS:
+            return tag, vr, struct.unpack(self.u32, self._read(pos + 8, 4))[0], pos + 12
+        return tag, vr, struct.unpack(self.u16, head[6:8])[0], pos + 8
+
+    def element(self, pos: int, depth: int, implicit: bool) -> tuple[int, bool]:
+        """End of the element at ``pos``, and whether pydicom keeps its value in memory."""
+        tag, vr, length, value = self._header(pos, implicit)
+        is_sequence = vr == b"SQ" or (not vr and _dictionary_vr(tag) == "SQ")
+        if is_sequence or (length == UNDEFINED_LENGTH and tag not in PIXEL_DATA_TAGS):
+            # PS3.5 6.2.2: UN of undefined length holds an implicit VR LE sequence.
+            nested = implicit or vr == b"UN"
+            return self._sequence(value, length, depth + 1, nested), True
+        if length == UNDEFINED_LENGTH:  # encapsulated pixel data: fragments, deferred
+            return self._sequence(value, length, depth, implicit, fragments=True), False
+        if value + length > self.size:
+            raise EOFError(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end of the data")
+        return value + length, length <= DEFER_SIZE
+
+    def _sequence(self, pos: int, length: int, depth: int, implicit: bool, fragments: bool = False) -> int:
+        if depth > MAX_SEQUENCE_DEPTH:  # refused outright, however the rest would parse
+            raise InvalidDatasetError(f"cannot parse data set: sequences nested deeper than {MAX_SEQUENCE_DEPTH}")
+        end = None if length == UNDEFINED_LENGTH else pos + length
+        while end is None or pos < end:
+            tag, _, item_length, value = self._header(pos, True)
+            if tag == SEQUENCE_END and end is None:
+                return value
+            if tag != ITEM:
+                raise ValueError(f"expected an item at byte {pos}, found ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            pos = value + item_length if fragments else self._item(value, item_length, depth, implicit)
+        return end
+
+    def _item(self, pos: int, length: int, depth: int, implicit: bool) -> int:
+        end = None if length == UNDEFINED_LENGTH else pos + length
+        while end is None or pos < end:
+            if end is None and self._header(pos, True)[0] == ITEM_END:
+                return pos + 8
+            pos = self.element(pos, depth, implicit)[0]
+        return end
+
+    def in_memory(self, start: int) -> int:
+        """Bytes of the data set from ``start`` that pydicom reads eagerly."""
+        total, pos = 0, start
+        while pos < self.size:
+            end, eager = self.element(pos, 0, self.implicit)
+            total += end - pos if eager else 0
+            pos = end
+        return total
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:  # private or unknown: pydicom reads it as UN
+        return "UN"
+
+
+def dataset_start(fh: Any) -> tuple[int, str] | None:
+    """Offset of the data set after a Part 10 file meta, and the transfer syntax; None if absent."""
+    fh.seek(128)
+    if fh.read(4) != b"DICM":
+        return None
+    pos, syntax = 132, ""
+    while True:
+        fh.seek(pos)
+        head = fh.read(8)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            return pos, syntax
+        if head[4:6] in LONG_VRS:
+            length, value = struct.unpack("<L", fh.read(4))[0], pos + 12
+        else:
+            length, value = struct.unpack("<H", head[6:8])[0], pos + 8
+        if struct.unpack("<H", head[2:4])[0] == 0x0010:
+            fh.seek(value)
+            syntax = fh.read(length).decode("ascii", "replace").rstrip("\0 ")
+        pos = value + length
 
 
 @dataclass(frozen=True)
@@ -142,8 +305,10 @@ class Ingestor:
         file is a truncated transfer, which a header-only read would not notice.
         """
         size = path.stat().st_size
+        self._check_memory(path, size)
+        where = ""
         try:
-            ds = pydicom.dcmread(path, defer_size=4096)
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE)
             tags = sorted(ds.keys())
             if not tags:
                 raise EOFError("empty data set")
@@ -155,6 +320,7 @@ class Ingestor:
                 if end != size:
                     raise EOFError(f"data set ends at byte {end} of {size}: truncated or trailing bytes")
             for tag in tags:
+                where = f" at {tag}"
                 raw = ds.get_item(tag, keep_deferred=True)
                 if isinstance(raw, RawDataElement) and raw.value is None:
                     if raw.length != UNDEFINED_LENGTH and raw.value_tell + raw.length > size:
@@ -165,10 +331,66 @@ class Ingestor:
                     for item in elem.value:
                         for nested in item.iterall():
                             _ = nested.value
+        except RecursionError:
+            raise InvalidDatasetError("cannot parse data set: sequences nested too deeply") from None
         except Exception as exc:  # pydicom raises many types for broken input
-            raise InvalidDatasetError(f"cannot parse data set: {type(exc).__name__}: {exc}") from None
+            raise InvalidDatasetError(
+                f"cannot parse data set{where}: {type(exc).__name__}: {redact(str(exc))}"
+            ) from None
         self._check_pixel_data(ds)
         return ds
+
+    @staticmethod
+    def _check_memory(path: Path, size: int) -> None:
+        """Refuse a data set whose parsed part would not fit :data:`HEADER_MEMORY_LIMIT`.
+
+        A header the scan cannot walk is left to pydicom to judge, unless the file is
+        too large for its whole content to be held safely.
+        """
+        with open(path, "rb") as fh:
+            start = dataset_start(fh)
+            if start is None:
+                return
+            syntax = UID(start[1] or "1.2.840.10008.1.2")
+            try:
+                scan = HeaderScan(fh, size, syntax.is_implicit_VR, syntax.is_little_endian)
+                eager = scan.in_memory(start[0])
+            except (EOFError, ValueError, struct.error) as exc:
+                if size - start[0] > HEADER_MEMORY_LIMIT:
+                    raise InvalidDatasetError(f"cannot parse data set: {exc}") from None
+                return
+        if eager > HEADER_MEMORY_LIMIT:
+            raise InvalidDatasetError(
+                f"data set header (sequences and small values) of {eager} bytes exceeds the "
+                f"{HEADER_MEMORY_LIMIT} bytes the receiver parses in memory")
+
+    @staticmethod
+    def _load_index_values(ds: Dataset) -> None:
+        """Read the deferred values the index needs while the file is still where pydicom saw it.
+
+        pydicom reads a deferred value from the original path on first access; after
+        :meth:`Spool.place` that path is gone, and a 5 kB SeriesDescription turned
+        into "index write failed" (0xA700) on every retry.
+        """
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                        *INDEX_KEYWORDS):
+            tag = tag_for_keyword(keyword)
+            if tag is None or tag not in ds:
+                continue
+            raw = ds.get_item(tag, keep_deferred=True)
+            if not isinstance(raw, RawDataElement) or raw.value is not None:
+                continue
+            if keyword.endswith("UID"):  # over 4 kB: no UID is that long
+                raise InvalidUIDError(f"invalid {keyword}: {raw.length} bytes, more than 64 (PS3.5 §9.1)")
+            if raw.length > INDEX_VALUE_LIMIT:
+                del ds[tag]  # the in-memory header only; the file keeps it as received
+                continue
+            try:
+                _ = ds[tag].value
+            except Exception as exc:  # a value pydicom cannot convert: broken input
+                raise InvalidDatasetError(
+                    f"cannot parse data set at {Tag(tag)}: {type(exc).__name__}: {redact(str(exc))}"
+                ) from None
 
     @staticmethod
     def _check_pixel_data(ds: Dataset) -> None:
@@ -201,7 +423,10 @@ class Ingestor:
             if value in (None, ""):
                 raise InvalidDatasetError(f"missing {keyword}")
             if not valid_uid(str(value)):
-                raise InvalidUIDError(f"invalid {keyword} {str(value)[:80]!r} (PS3.5 §9.1)")
+                # The value itself stays out of the message: it is whatever the sender
+                # put there (paths, control characters, a patient ID) and the message
+                # goes to the log and the audit trail.
+                raise InvalidUIDError(f"invalid {keyword}: {uid_problem(value)} (PS3.5 §9.1)")
         if str(ds.SOPClassUID) != context_sop_class:
             raise SOPClassMismatchError(
                 f"data set SOP Class {ds.SOPClassUID} differs from the context's {context_sop_class}"
@@ -222,9 +447,17 @@ class Ingestor:
         calling_ae: str = "",
         command_sop_instance: str | None = None,
         is_result: bool = False,
+        on_parsed: Callable[[Dataset], None] | None = None,
     ) -> Ingested:
-        """Validate, place and index one received instance (see module docstring)."""
+        """Validate, place and index one received instance (see module docstring).
+
+        ``on_parsed`` is called with the parsed header before validation, so a caller
+        can name the patient of a refused instance where the site allows it.
+        """
         ds = self.read_header(tmp_path)
+        self._load_index_values(ds)
+        if on_parsed is not None:
+            on_parsed(ds)
         self.validate(ds, context_sop_class, command_sop_instance)
         sop_uid = str(ds.SOPInstanceUID)
         study_uid = str(ds.StudyInstanceUID)
@@ -237,7 +470,7 @@ class Ingestor:
                     return Ingested(sop_uid, study_uid, existing.path, duplicate=True)
                 if existing is not None and self.duplicate_policy == "reject":
                     raise DuplicateConflictError(
-                        f"SOP Instance UID already stored with other content (policy: reject)"
+                        "SOP Instance UID already stored with other content (policy: reject)"
                     )
         except SQLAlchemyError as exc:
             raise OutOfResourcesError(f"index unavailable: {exc.__class__.__name__}") from None
