@@ -5,7 +5,7 @@ with the same loss through the module's hooks.  This trainer keeps the prepared 
 as float16 tensors and skips the per-epoch validation, which is what made training
 fit in the CPU time available when the bundled version was built::
 
-    python -m ai.mtici train --synthetic 1600 --seed 1 --epochs 6 --out ai/mtici/model
+    python -m ai.mtici train --synthetic 2400 --seed 1 --epochs 8 --threads 1 --out ai/mtici/model
 
 It writes a model version in the toolkit's format (``ai.core.models``), so
 ``dicomnode evaluate mtici`` and the node load it like any other.
@@ -69,16 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ai.mtici")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train on synthetic data and write a model version")
-    tr.add_argument("--synthetic", type=int, default=1600)
+    tr.add_argument("--synthetic", type=int, default=2400)
     tr.add_argument("--validation", type=int, default=300)
     tr.add_argument("--seed", type=int, default=1)
-    tr.add_argument("--epochs", type=int, default=6)
+    tr.add_argument("--epochs", type=int, default=8)
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--lr", type=float, default=3e-3)
     tr.add_argument("--clip", type=int, nargs=3, default=(8, 32, 32))
     tr.add_argument("--mode", choices=("4class", "5class", "binary"), default="4class")
     tr.add_argument("--device", default="cpu")
-    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--threads", type=int, default=1)
     tr.add_argument("--version", default="mtici-synthetic-1")
     tr.add_argument("--out", default="train_runs/mtici")
     tr.add_argument("--command-line", default=None, help=argparse.SUPPRESS)

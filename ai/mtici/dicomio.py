@@ -31,6 +31,7 @@ def write_run(
     series_number: int,
     acquisition: datetime,
     uid_root: str = "1.2.826.0.1.3680043.10.1495.",
+    biplane: bool = False,
 ) -> Path:
     """Write one view of ``case`` as an XA multi-frame DSA run (12-bit, MONOCHROME2).
 
@@ -68,17 +69,28 @@ def write_run(
     ds.Modality, ds.Manufacturer, ds.BodyPartExamined = "XA", "dicomnode synthetic", "HEAD"
     ds.SeriesNumber, ds.InstanceNumber = series_number, 1
     ds.PatientOrientation = ""
-    ds.ImageType = ["DERIVED", "PRIMARY", "BIPLANE A" if view == "frontal" else "BIPLANE B", "SUBTRACTION"]
+    plane = ("BIPLANE A" if view == "frontal" else "BIPLANE B") if biplane else "SINGLE PLANE"
+    ds.ImageType = ["DERIVED", "PRIMARY", plane, "SUBTRACTION"]
+    if biplane:
+        # PS3.3 C.8.7.1.1: a biplane image references its partner plane.
+        partner = Dataset()
+        partner.ReferencedSOPClassUID = UID(XA_STORAGE)
+        partner.ReferencedSOPInstanceUID = UID(
+            _uid(uid_root, case.case_id, "lateral" if view == "frontal" else "frontal", "instance"))
+        ds.ReferencedImageSequence = DicomSequence([partner])
     ds.PositionerMotion = "STATIC"
     ds.PositionerPrimaryAngle = 0.0 if view == "frontal" else 90.0
     ds.PositionerSecondaryAngle = 0.0
     ds.KVP, ds.RadiationSetting = 80.0, "GR"
+    ds.XRayTubeCurrent, ds.ExposureTime, ds.Exposure = 400, 100, 40
     ds.DistanceSourceToDetector, ds.DistanceSourceToPatient = 1100.0, 750.0
     ds.FrameTime = round(case.frame_time_ms, 1)
     ds.CineRate = int(round(1000.0 / case.frame_time_ms))
     ds.NumberOfFrames = int(pixels.shape[0])
     ds.FrameIncrementPointer = 0x00181063  # FrameTime
     ds.PixelIntensityRelationship = "LOG"
+    # The Modality LUT Macro is required with LOG pixels (PS3.3 C.8.7.1.1.2): identity.
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
     ds.RecommendedViewingMode = "SUB"
     mask = Dataset()
     mask.MaskOperation = "AVG_SUB"
@@ -110,6 +122,6 @@ def write_study(
     start = datetime(2026, 1, 1, 9, 0, 0)
     return [
         write_run(case, view, Path(directory) / f"{view}.dcm", study_uid, 10 + i,
-                  start + timedelta(seconds=i), uid_root)
+                  start + timedelta(seconds=i), uid_root, biplane=len(views) == 2)
         for i, view in enumerate(views)
     ]

@@ -150,8 +150,8 @@ class MticiModule(AIModule):
         return {
             "network": NetworkConfig(clip=BUNDLED_CLIP).to_dict(),
             "preprocessing": {"clip": list(BUNDLED_CLIP), "label_mode": "4class"},
-            "training": {"epochs": 6, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.01,
-                         "cache_rate": 1.0, "train_n": 1600, "val_n": 300},
+            "training": {"epochs": 8, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.01,
+                         "cache_rate": 1.0, "train_n": 2400, "val_n": 300},
         }
 
     def transform(self, config: Mapping[str, Any], *, train: bool) -> Any:

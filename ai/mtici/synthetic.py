@@ -65,7 +65,7 @@ class SyntheticConfig:
     size: int = 64
     frames: tuple[int, int] = (16, 24)
     n_leaves: tuple[int, int] = (9, 13)
-    overlay_gain: tuple[float, float] = (1.2, 2.6)
+    overlay_gain: tuple[float, float] = (2.5, 5.0)
     leaf_gain: tuple[float, float] = (0.6, 1.4)
     noise: tuple[float, float] = (0.01, 0.035)
     misregistration_px: int = 1

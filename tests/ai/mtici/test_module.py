@@ -1,6 +1,7 @@
 """predict → Findings (grade, ≥ 2b flag, probabilities, both runs referenced) and render."""
 from __future__ import annotations
 
+import subprocess
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import dcmtk
 
 from ai.core.contract import Findings
 from ai.core.dicomio import study_views_from_files
@@ -86,6 +88,14 @@ def test_synthetic_runs_are_xa_multiframe_dsa(pair) -> None:
         assert float(ds.FrameTime) > 0 and "SUBTRACTION" in ds.ImageType
         assert ds.BodyPartExamined == "HEAD" and ds.PatientOrientation == ""
     assert len({pydicom.dcmread(i.path).StudyInstanceUID for i in case.inputs}) == 1
+
+
+def test_synthetic_runs_pass_dciodvfy(pair) -> None:
+    _, case = pair
+    for inst in case.inputs:
+        out = subprocess.run([dcmtk("dciodvfy"), str(inst.path)], capture_output=True, text=True)
+        problems = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith(("Error", "Warning"))]
+        assert problems == [], problems
 
 
 def test_weights_that_do_not_match_their_sha256_are_refused(small_model: LoadedModel, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def test_bundled_model_meets_targets_on_a_fresh_seed() -> None:
 
     module = MticiModule()
     model = load_model(module.bundled_model_path(), module)
-    n = int(os.environ.get("MTICI_EVAL_N", "200"))
+    n = int(os.environ.get("MTICI_EVAL_N", "400"))
     # The same path as `dicomnode evaluate mtici --synthetic N --seed S`.
     m = evaluate(module, model, module.synthetic(n, 90210), timing_n=3, seed=90210)
     assert m["inference_s_per_case"] <= 2.0
