@@ -99,12 +99,12 @@ class MticiModule(AIModule):
         confidence = findings.findings[0].confidence if findings.findings else None
         images = []
         for inst, view in zip(case.inputs, ("AP", "LAT"), strict=True):
-            frames = pydicom.dcmread(inst.path).pixel_array
+            ds = pydicom.dcmread(inst.path)
+            frames = ds.pixel_array
             frames = frames.reshape((-1,) + frames.shape[-2:]) if frames.ndim >= 3 else frames[None]
             # Contrast is dark in MONOCHROME2 DSA: the peak frame has the lowest mean.
             means = frames.reshape(len(frames), -1).mean(axis=1)
-            inverted = str(pydicom.dcmread(inst.path, stop_before_pixels=True).get(
-                "PhotometricInterpretation", "")) == "MONOCHROME1"
+            inverted = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
             peak = int(np.argmax(means) if inverted else np.argmin(means))
             text = f"mTICI {grade}" + (f" ({confidence:.0%})" if confidence is not None else "")
             pixels = _burn_in(frames[peak], [text, f"{view} frame {peak + 1}", "NOT FOR DIAGNOSIS"], inverted)
