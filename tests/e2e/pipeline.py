@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,13 +45,16 @@ COPY_ROOT = "1.2.826.0.1.3680043.10.1495.11."
 
 
 def node_config(orthanc: Any, *, series_quiet: float = 1.0, study_quiet: float = 2.0,
-                workers: int = 1, fsync: bool = True, **jobs: Any) -> dict[str, Any]:
-    """A ``dicomnode run`` config with short quiet periods and ``orthanc`` as destination."""
+                sweep: float = 0.25, fsync: bool = True, **jobs: Any) -> dict[str, Any]:
+    """A ``dicomnode run`` config with short quiet periods and ``orthanc`` as destination.
+
+    ``jobs`` overrides ``[jobs]`` keys (default: one worker, one torch thread).
+    """
     return {
         "node": {"fsync": fsync},
         "routing": {"series_quiet_seconds": series_quiet, "study_quiet_seconds": study_quiet,
-                    "sweep_seconds": 0.25},
-        "jobs": {"workers": workers, "max_attempts": 2, "retry_backoff_seconds": [1],
+                    "sweep_seconds": sweep},
+        "jobs": {"workers": 1, "max_attempts": 2, "retry_backoff_seconds": [1],
                  "torch_threads": 1, **jobs},
         "delivery": {"retry_backoff_seconds": [1, 2, 5]},
         "destinations": [{"name": "pacs", "aetitle": orthanc.aetitle, "host": "127.0.0.1",
@@ -185,6 +189,7 @@ class StudyOutcome:
     study_instance_uid: str
     state: str
     completed_at: float | None
+    #: Latest instance received and latest series started, of the pushed (not result) series.
     last_received_at: float | None
     last_series_added_at: float | None
     jobs: list[dict[str, Any]]
@@ -217,13 +222,18 @@ class NodeIndex:
         """The current outcome of each study the node knows (absent ones are left out)."""
         from sqlalchemy import select
 
-        from dicomnode.storage.models import Delivery, Job, Result, Study
+        from dicomnode.storage.models import Delivery, Job, Result, Series, Study
 
         wanted = list(studies)
         out: dict[str, StudyOutcome] = {}
         with self.db.session() as s:
             for chunk in (wanted[i:i + 400] for i in range(0, len(wanted), 400)):
                 rows = s.scalars(select(Study).where(Study.study_instance_uid.in_(chunk))).all()
+                # Results are indexed into the study too: take the times of pushed series only.
+                sources: dict[int, list[Series]] = {}
+                for se in s.scalars(select(Series).where(
+                        Series.study_fk.in_([st.id for st in rows]), Series.is_result.is_(False))):
+                    sources.setdefault(se.study_fk, []).append(se)
                 jobs = s.scalars(select(Job).where(Job.study_instance_uid.in_(chunk))
                                  .order_by(Job.id)).all()
                 results = s.scalars(select(Result).where(Result.study_instance_uid.in_(chunk))
@@ -235,9 +245,11 @@ class NodeIndex:
                         deliveries.setdefault(d.result_fk, []).append(d)
                 for st in rows:
                     uid = st.study_instance_uid
+                    pushed = sources.get(st.id, [])
                     out[uid] = StudyOutcome(
-                        uid, st.state, epoch(st.completed_at), epoch(st.last_received_at),
-                        epoch(st.last_series_added_at),
+                        uid, st.state, epoch(st.completed_at),
+                        max((epoch(se.last_received_at) or 0.0 for se in pushed), default=None),
+                        max((epoch(se.first_received_at) or 0.0 for se in pushed), default=None),
                         [{"id": j.id, "module": j.module, "rule": j.rule, "state": j.state,
                           "error": j.error, "reason": j.reason, "series_uids": list(j.series_uids),
                           "created_at": epoch(j.created_at), "started_at": epoch(j.started_at),
@@ -294,3 +306,80 @@ def orthanc_objects(orthanc: Any, study_uid: str) -> list[Dataset]:
 def of_class(objects: Iterable[Dataset], classes: Iterable[str]) -> list[Dataset]:
     wanted = set(classes)
     return [ds for ds in objects if str(ds.SOPClassUID) in wanted]
+
+
+# ---------------------------------------------------------------------------
+# For the benchmarks: cached synthetic studies, a node + Orthanc stack, memory
+# ---------------------------------------------------------------------------
+
+
+def cached_synth(module: str, root: Path, n: int, seed: int) -> list[Path]:
+    """``dicomnode synth`` output under ``root/<module>-n<N>-s<S>``, written once and reused."""
+    out = root / f"{module}-n{n}-s{seed}"
+    done = out / ".done"
+    if not done.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        finish_synth(synth(module, out, n, seed), out)
+        done.touch()
+    return sorted(out.rglob("*.dcm"))
+
+
+class Stack:
+    """Orthanc plus a ``dicomnode run`` that sends its results there, under ``workdir``."""
+
+    def __init__(self, workdir: Path, **config: Any) -> None:
+        from conftest import NodeProcess, OrthancServer, free_port
+
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        self.orthanc = OrthancServer("ORTHANC", free_port(), free_port(), workdir / "orthanc")
+        self.node = NodeProcess(workdir / "node", free_port())
+        self.node.data_dir.mkdir()
+        self.config = config
+        self.index: NodeIndex | None = None
+
+    def __enter__(self) -> Stack:
+        self.orthanc.start()
+        self.node.config = node_config(self.orthanc, **self.config)
+        self.node.start()
+        self.index = NodeIndex(self.node.data_dir)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.index is not None:
+            self.index.close()
+        self.node.stop()
+        self.orthanc.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self.node.proc is not None
+        return self.node.proc.pid
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc/…/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children") if Path(f"/proc/{p}").exists() else ():
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+def memory_mb(pid: int) -> dict[int, dict[str, float]]:
+    """VmRSS and VmHWM (peak) in MB of ``pid`` and each descendant, with its command name."""
+    out: dict[int, dict[str, float]] = {}
+    for p in process_tree(pid):
+        try:
+            fields = dict(line.split(":", 1) for line in
+                          Path(f"/proc/{p}/status").read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        out[p] = {"rss": int(fields.get("VmRSS", "0 kB").split()[0]) / 1024,
+                  "hwm": int(fields.get("VmHWM", "0 kB").split()[0]) / 1024}
+    return out
