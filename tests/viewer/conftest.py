@@ -268,13 +268,15 @@ def viewer_plan(studies: dict[str, Study], node: node_run.NodeSpine, base: str) 
          "opens": [_sr_open("spine-sr", spine_sr, 40000), _sc_open("spine-sc", spine_sc)]},
         {"name": "dsa", "study": s["dsa"].study_instance_uid,
          "opens": [_sc_open("quality-sc", s["dsa"].of_kind("SC", "quality")[0]),
-                   _sc_open("mtici-sc", s["dsa"].of_kind("SC", "mtici")[0]),
-                   _sr_open("quality-sr", s["dsa"].of_kind("SR", "quality")[0], 12000)]},
-        {"name": "dsa-mtici", "study": s["dsa"].study_instance_uid,
-         "opens": [_sr_open("mtici-sr", s["dsa"].of_kind("SR", "mtici")[0], 12000)]},
+                   _sc_open("mtici-sc", s["dsa"].of_kind("SC", "mtici")[0])]},
         {"name": "keyframes", "study": s["keyframes"].study_instance_uid,
-         "opens": [_sc_open("keyframes-sc", s["keyframes"].of_kind("SC")[0]),
-                   _sr_open("keyframes-sr", s["keyframes"].of_kind("SR")[0], 12000)]},
+         "opens": [_sc_open("keyframes-sc", s["keyframes"].of_kind("SC")[0])]},
+        # Each SR of an image-level module on a page of its own (see the docstring).
+        *({"name": f"{module}-sr-{i}", "study": study.study_instance_uid,
+           "opens": [_sr_open(f"{module}-sr-{i}", sr, 15000)]}
+          for study, module in ((s["dsa"], "quality"), (s["dsa"], "mtici"),
+                                (s["keyframes"], "keyframes"))
+          for i, sr in enumerate(study.of_kind("SR", module))),
         # The broken SR is watched at least as long as the good one needed (about 3 s).
         {"name": "wrong-root", "study": s["wrong-root"].study_instance_uid,
          "opens": [{**_sr_open("wrong-root-sr", s["wrong-root"].of_kind("SR")[0], 20000),

@@ -49,8 +49,10 @@ async function annotations(page) {
       const arrow = [];
       for (let e = g.previousElementSibling; e && e.tagName === 'line' && !e.getAttribute('stroke-dasharray');
         e = e.previousElementSibling) arrow.unshift(coords(e));
+      const b = g.getBoundingClientRect();
       return {
         uid: g.getAttribute('data-annotation-uid'),
+        box: { x: b.x - box.x, y: b.y - box.y, width: b.width, height: b.height },
         lines: [...g.querySelectorAll('tspan')].map(t => t.textContent),
         text: g.textContent,
         segments: arrow,
@@ -61,9 +63,16 @@ async function annotations(page) {
 }
 
 async function viewportText(page) {
+  // The viewport's own text (overlays, OHIF's text view of an SR), without the SVG
+  // annotation labels: those are judged by their boxes (may overlap or be clipped).
   return page.evaluate(() => {
     const grid = document.querySelector('[data-cy="viewport-grid"]') || document.querySelector('main') || document.body;
-    return grid.innerText;
+    const layers = [...grid.querySelectorAll('svg.svg-layer')];
+    const shown = layers.map(l => l.style.display);
+    layers.forEach(l => { l.style.display = 'none'; });
+    const text = grid.innerText;
+    layers.forEach((l, i) => { l.style.display = shown[i]; });
+    return text;
   });
 }
 

@@ -197,24 +197,67 @@ def test_secondary_captures_display_their_pixels(ohif: dict[str, Any], stack: di
     assert difference < 12, f"{name}: mean difference {difference:.1f} of 255"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OHIF 3.13.2 draws only measurement groups with a SCOORD and throws "
-    "(TypeError reading 'ReferencedSOPSequence' in _checkIfCanAddMeasurementsToDisplaySet) on "
-    "a TID 1501 group without one, so its SR viewport stays black; CODE evaluations and the "
-    "Tracking Identifier are never printed. Needs the results-layer change in "
-    "deploy/viewer/README.md (§ What OHIF shows)."))
-@pytest.mark.parametrize("name, module", [("quality-sr", "quality"), ("mtici-sr", "mtici"),
-                                          ("keyframes-sr", "keyframes")])
-def test_image_level_findings_are_readable_in_the_sr_viewport(
-        ohif: dict[str, Any], stack: dict[str, Any], name: str, module: str) -> None:
-    seen = ohif["opens"][name]
-    assert seen["listed"]
-    assert not [e for e in seen["errors"] if "Error Boundary" in e], seen["errors"]
+IMAGE_LEVEL = ["quality", "mtici", "keyframes"]
+#: Why the image-level checks fail today; deploy/viewer/README.md has the change.
+OHIF_DRAWS_ONLY_SCOORD = (
+    "OHIF 3.13.2 throws on a TID 1501 group without SCOORD (TypeError reading "
+    "'ReferencedSOPSequence' in _checkIfCanAddMeasurementsToDisplaySet): black viewport, "
+    "'Something went wrong'. Needs the results-layer change in deploy/viewer/README.md "
+    "(What OHIF 3.13.2 shows)")
+
+
+def _module_srs(ohif: dict[str, Any], module: str) -> list[dict[str, Any]]:
+    opens = [o for name, o in ohif["opens"].items() if name.startswith(f"{module}-sr-")]
+    assert opens, f"no SR of {module} was opened"
+    return opens
+
+
+def _findings(stack: dict[str, Any], module: str) -> list[Any]:
     study = stack["studies"]["keyframes" if module == "keyframes" else "dsa"]
-    scenario = next(s for s in study.scenarios if s.findings.module == module)
-    shown = seen["viewportText"] + " ".join(a["text"] for a in (seen["annotations"] or {"items": []})["items"])
-    for finding in scenario.findings.findings:
-        assert finding.tracking_id in shown, finding.tracking_id
+    return [f for s in study.scenarios if s.findings.module == module for f in s.findings.findings]
+
+
+def test_image_level_srs_are_listed_in_their_study(ohif: dict[str, Any]) -> None:
+    for module in IMAGE_LEVEL:
+        assert all(o["listed"] for o in _module_srs(ohif, module)), module
+
+
+@pytest.mark.xfail(strict=True, reason=OHIF_DRAWS_ONLY_SCOORD)
+@pytest.mark.parametrize("module", IMAGE_LEVEL)
+def test_image_level_srs_open_without_an_error(ohif: dict[str, Any], module: str) -> None:
+    for seen in _module_srs(ohif, module):
+        assert not [e for e in seen["errors"] if "Error Boundary" in e], seen["errors"]
+
+
+def _overlaps(a: dict[str, float], b: dict[str, float]) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
+def readable_texts(seen: dict[str, Any]) -> str:
+    """What a person can read in the viewport: its plain text (OHIF's text view of an
+    SR) and every annotation label that lies inside the viewport and clear of the others."""
+    annotations = seen["annotations"] or {"svg": None, "items": []}
+    svg, items = annotations["svg"], annotations["items"]
+    clear = [
+        a["text"] for a in items
+        if svg is not None and a["box"]["x"] >= 0 and a["box"]["y"] >= 0
+        and a["box"]["x"] + a["box"]["width"] <= svg["width"]
+        and a["box"]["y"] + a["box"]["height"] <= svg["height"]
+        and not any(_overlaps(a["box"], b["box"]) for b in items if b is not a)
+    ]
+    return "\n".join([seen["viewportText"], *clear])
+
+
+@pytest.mark.xfail(strict=True, reason=OHIF_DRAWS_ONLY_SCOORD)
+@pytest.mark.parametrize("module", IMAGE_LEVEL)
+def test_image_level_findings_are_readable_in_an_sr_of_their_module(
+        ohif: dict[str, Any], stack: dict[str, Any], module: str) -> None:
+    """Each finding's Tracking Identifier text ("mTICI 2b (82 %)") can be read in the
+    viewer: in OHIF's text view of some SR of the module, or in a label of its own."""
+    wanted = [f.tracking_id for f in _findings(stack, module)]
+    shown = [readable_texts(o) for o in _module_srs(ohif, module)]
+    assert any(all(t in text for t in wanted) for text in shown), (wanted, shown)
 
 
 def test_no_request_leaves_127_0_0_1(ohif: dict[str, Any]) -> None:
