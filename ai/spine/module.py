@@ -168,10 +168,20 @@ class SpineModule(AIModule):
         key_ds = datasets[1]
         img, factor = preprocess(slices, 1, model.config)
         x = torch.from_numpy(img)[None].to(model.device)
-        with torch.inference_mode():
-            tta = bool(model.config.get("inference", {}).get("tta", True))
-            out = flip_tta(model.network, x) if tta else model.network(x)
-        pred = decode(out[0], factor)
+        inference = model.config.get("inference", {})
+        # The network is small: on CPU a second intra-op thread costs more in
+        # synchronisation than it gains (measured on the shared 2-core machine: 0.04 s
+        # per study with 1 thread, 1.4 s with 2), so inference runs on `threads` (1).
+        previous = torch.get_num_threads()
+        torch.set_num_threads(int(inference.get("threads", 1)))
+        try:
+            with torch.inference_mode():
+                tta = bool(inference.get("tta", True))
+                out = flip_tta(model.network, x) if tta else model.network(x)
+        finally:
+            torch.set_num_threads(previous)
+        pred = decode(out[0], factor, top_k=int(inference.get("top_k", 1)),
+                      vote_threshold=float(inference.get("vote_threshold", 0.3)))
         return self.findings(pred, key_ds, case, model)
 
     def findings(self, pred: SpinePrediction, key_ds: Any, case: Case,
@@ -246,7 +256,9 @@ class SpineModule(AIModule):
                              "contrast": 0.25, "bias": 0.3, "noise": 0.03,
                              "slice_jitter": True},
             "loss": dict(DEFAULT_LOSS),
-            "inference": {"tta": True},
+            # top_k 4 heat-weighted votes (CCF-Net's decoder option), chosen on the
+            # validation seed: 6 mm disc recall 0.988 → 0.994, mean error 2.15 → 1.80 mm.
+            "inference": {"tta": True, "threads": 1, "top_k": 4, "vote_threshold": 0.3},
             "training": {"epochs": 20, "batch_size": 16, "lr": 3e-3, "weight_decay": 5e-4,
                          "cache_rate": 0, "train_n": 1500, "val_n": 150},
         }
@@ -297,7 +309,10 @@ class SpineModule(AIModule):
         from ai.spine.transforms import decode
 
         factors = outputs["factor"].detach().cpu().numpy()
-        return [decode(m, f) for m, f in zip(outputs["maps"], factors, strict=True)]
+        inference = config.get("inference", {})
+        k, vote = int(inference.get("top_k", 1)), float(inference.get("vote_threshold", 0.3))
+        return [decode(m, f, top_k=k, vote_threshold=vote)
+                for m, f in zip(outputs["maps"], factors, strict=True)]
 
     def truth(self, sample: SpineSample) -> SpineTruth:
         """Landmarks, tags and spacing of a sample."""

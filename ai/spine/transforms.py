@@ -204,23 +204,35 @@ def tags_from(prob_abnormal: np.ndarray, grade_probs: np.ndarray, schmorl: np.nd
     return tuple(tags)
 
 
-def decode(output: torch.Tensor | np.ndarray, factor: np.ndarray,
-           stride: int = STRIDE) -> SpinePrediction:
+def decode(output: torch.Tensor | np.ndarray, factor: np.ndarray, stride: int = STRIDE,
+           top_k: int = 1, vote_threshold: float = 0.3) -> SpinePrediction:
     """One sample's (49, g, g) output → landmarks on the original slice.
 
     Per landmark: the arg-max cell of its heatmap, plus its offsets: ``(cell + offset +
-    0.5) × stride`` in input pixels, divided by ``factor`` (input / slice pixels).
+    0.5) × stride`` in input pixels, divided by ``factor`` (input / slice pixels).  With
+    ``top_k`` > 1 the next cells whose heat exceeds ``vote_threshold`` vote too, each
+    weighted by its heat (CCF-Net's ``ccf_decoder`` with ``vote="weighted"``).  Class,
+    grade and v5 probabilities are read at the arg-max cell.
     """
     out = output.detach().cpu().numpy() if isinstance(output, torch.Tensor) else output
     out = out.astype(np.float64)
     heat = out[HEAT]
     g_cols = heat.shape[-1]
-    flat = heat.reshape(N_LANDMARKS, -1).argmax(axis=1)
-    rows, cols = flat // g_cols, flat % g_cols
+    flat_heat = heat.reshape(N_LANDMARKS, -1)
+    order = np.argsort(-flat_heat, axis=1, kind="stable")[:, :max(1, top_k)]
+    rows, cols = order[:, 0] // g_cols, order[:, 0] % g_cols
     lm = np.arange(N_LANDMARKS)
-    x = (cols + out[OFF_X][lm, rows, cols] + 0.5) * stride
-    y = (rows + out[OFF_Y][lm, rows, cols] + 0.5) * stride
-    coords = np.stack([x / float(factor[0]), y / float(factor[1])], axis=1)
+    num = np.zeros((N_LANDMARKS, 2))
+    den = np.zeros(N_LANDMARKS)
+    for k in range(order.shape[1]):
+        r, c = order[:, k] // g_cols, order[:, k] % g_cols
+        h = flat_heat[lm, order[:, k]]
+        w = np.where((k == 0) | (h > vote_threshold), np.abs(h) + 1e-9, 0.0)
+        num[:, 0] += w * (c + out[OFF_X][lm, r, c] + 0.5) * stride
+        num[:, 1] += w * (r + out[OFF_Y][lm, r, c] + 0.5) * stride
+        den += w
+    xy = num / den[:, None]
+    coords = np.stack([xy[:, 0] / float(factor[0]), xy[:, 1] / float(factor[1])], axis=1)
     prob = 1.0 / (1.0 + np.exp(-out[CLS][lm, rows, cols]))
     d_rows, d_cols = rows[N_VERTEBRAE:], cols[N_VERTEBRAE:]
     logits = out[GRADE][:, d_rows, d_cols].T  # (6, 4)

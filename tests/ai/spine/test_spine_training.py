@@ -36,7 +36,7 @@ def test_tiny_model_training_beats_chance(tmp_path: Path) -> None:
     trained = result.metrics["mean_distance_mm"]
     assert trained < 0.75 * chance, (trained, chance)
     assert result.metrics["loc_recall_6mm"] > 2 * chance_recall, (result.metrics, chance_recall)
-    assert result.history[-1]["loss"] < 0.5 * result.history[0]["loss"]
+    assert result.history[-1]["loss"] < 0.65 * result.history[0]["loss"]
     # The saved version loads back and reproduces its own validation metrics.
     model = load_model(result.path, module)
     again = module.metrics(module.infer(model, val_set), [module.truth(s) for s in val_set])
