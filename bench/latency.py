@@ -107,10 +107,13 @@ def report(rows: list[dict[str, Any]], first: dict[str, dict[str, Any]], n: int,
         "a real Orthanc (fsync on). **latency** = SR acknowledged by Orthanc − end of the quiet "
         "period; ack→SR = the same from the last instance acknowledged, quiet period included. "
         f"Load average during the run: {load} on 2 cores shared with other agents' training jobs, "
-        "so these numbers are pessimistic; re-run on an idle machine with the same command.",
+        "and the node's worker processes run at nice 5 (below the receiver, and below those "
+        "jobs), so these numbers are pessimistic; re-run on an idle machine with the same "
+        "command. The warm-up column is each module's first study; the first of the run also "
+        "waits for the worker process to start (import torch and the modules).",
         "",
         "| module | n | latency median (s) | latency p95 (s) | max (s) | ack→SR median (s) | "
-        "first study after start (s) | detect | queue | job | deliver | ≤ 3 s? |",
+        "warm-up study (s) | detect | queue | job | deliver | ≤ 3 s? |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for module in MODULES:

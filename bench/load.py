@@ -73,7 +73,7 @@ class MemoryWatch(threading.Thread):
         if self.pid in mem:
             self.node_hwm = max(self.node_hwm, mem[self.pid]["hwm"])
         for p, m in mem.items():
-            if p != self.pid:
+            if m["role"] == "worker":
                 self.workers_seen.add(p)
                 self.worker_hwm = max(self.worker_hwm, m["hwm"])
         self.tree_rss = max(self.tree_rss, sum(m["rss"] for m in mem.values()))
@@ -114,8 +114,11 @@ def run(n: int, work: Path) -> dict[str, Any]:
         outcomes = stack.index.wait_settled(pushed, 120 + 15 * n,
                                             on_poll=watch.sample)
         watch.sample()
+        # Drained: the last job finished and the last result acknowledged by Orthanc.
         drained_s = max([d["delivered_at"] for o in outcomes.values() for r in o.results
-                         for d in r["deliveries"]] + [time.time()]) - start
+                         for d in r["deliveries"] if d["delivered_at"]]
+                        + [j["finished_at"] for o in outcomes.values() for j in o.jobs
+                           if j["finished_at"]] + [start + push_s]) - start
         watch.stop_event.set()
         verdict = check(stack, pushed, outcomes)
         verdict.update(n=n, push_s=push_s, drained_s=drained_s,
@@ -179,7 +182,8 @@ def report(v: dict[str, Any], quick: bool, load: str) -> str:
         "per study, to `dicomnode run` (shipped job settings: 1 worker process, 2 torch threads; "
         f"fsync on; quiet periods {SERIES_QUIET_S:g} s / {STUDY_QUIET_S:g} s) sending every result "
         f"to a real Orthanc. Load average during the run: {load} on 2 cores shared with other "
-        "agents' training jobs, so throughput is pessimistic; re-run with the same command.",
+        "agents' training jobs, and worker processes run at nice 5, so throughput is "
+        "pessimistic; re-run with the same command.",
         "",
         "| studies | pushed in (s) | push rate (studies/h) | drained in (s) | **studies/h** "
         "| results delivered | nothing lost, all delivered, queue drained | peak RSS node (MB) "
