@@ -202,7 +202,7 @@ class KeyframesModule(AIModule):
     # -- network and data --------------------------------------------------------
     def default_config(self) -> dict[str, Any]:
         return {
-            "network": dict(DEFAULT_NETWORK),
+            "network": {**DEFAULT_NETWORK, "vessel": "unet"},
             "preprocessing": {"working_size": 64, "resample": "area", "window_percentiles":
                               [1.0, 99.5], "invert": "unless MONOCHROME1", "quantise": "uint8"},
             "decoding": {"pre_nms_thresh": 1e-3, "pre_nms_topk": 2000, "nms": "soft, sigma 0.5",
@@ -241,6 +241,14 @@ class KeyframesModule(AIModule):
                             num_workers=0, progress=False)
 
     def forward(self, network: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
+        """Vessel maps (the UNet's or the filter's, detached) -> temporal network.
+
+        Training with a UNet also trains it on ``vessel_train_frames`` frames per run
+        against the ground-truth maps, and feeds the temporal network the ground-truth
+        maps of a run with the teacher-forcing probability (1 at the start, 0 after
+        ``teacher_steps``): the temporal net learns on clean maps while the UNet is
+        still poor, then adapts to the UNet's maps it will see at inference.
+        """
         net: KeyframesNet = network  # type: ignore[assignment]
         mask = batch["mask"]
         extra: dict[str, Any] = {}
@@ -248,16 +256,20 @@ class KeyframesModule(AIModule):
             maps = batch["maps"].float()
         else:
             frames = batch["frames"].float() / 255.0
-            maps = frames.new_zeros(frames.shape)
-            with torch.no_grad():
-                maps[mask] = torch.cat([net.vessel_maps(c) for c in frames[mask].split(128)])
-            if net.training and any(p.requires_grad for p in net.vessel.parameters()):
-                # Train the vessel UNet on a few frames per step (its maps above are
-                # detached: the temporal net sees the current UNet's output).
+            trains_unet = net.training and any(p.requires_grad for p in net.vessel.parameters())
+            teacher = torch.zeros(frames.shape[0], dtype=torch.bool)
+            if trains_unet:
+                teacher = torch.rand(frames.shape[0]) < net.teacher_probability()
+                net.train_steps += 1
+            maps = batch["vessel"].float() / 255.0 * teacher[:, None, None, None].to(frames)
+            todo = mask & ~teacher[:, None].to(mask.device)
+            if todo.any():
+                with torch.no_grad():
+                    maps[todo] = torch.cat([net.vessel_maps(c) for c in frames[todo].split(128)])
+            if trains_unet:
                 k = int(net.config["vessel_train_frames"]) * frames.shape[0]
                 idx = torch.nonzero(mask)[torch.randperm(int(mask.sum()))[:k]]
-                sel = frames[idx[:, 0], idx[:, 1]]
-                extra["vessel_logits"] = net.vessel(sel[:, None])[:, 0]
+                extra["vessel_logits"] = net.vessel(frames[idx[:, 0], idx[:, 1]][:, None])[:, 0]
                 extra["vessel_target"] = batch["vessel"][idx[:, 0], idx[:, 1]].float() / 255.0
         out = net(maps, mask)
         out.update(extra)

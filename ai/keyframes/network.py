@@ -41,6 +41,9 @@ DEFAULT_NETWORK: dict[str, Any] = {
     "unet_features": [8, 8, 16, 32, 64, 8],
     "filter_sigmas": [0.7, 1.1, 1.6],
     "vessel_train_frames": 16,  # frames per run on which the UNet is trained each step
+    # Scheduled teacher forcing: the temporal net starts on ground-truth vessel maps and
+    # switches, run by run, to the (detached) UNet maps over this many training steps.
+    "teacher_steps": 300,
     "lstm_hidden": [4, 4, 1],
     "lstm_pool": 2,  # the ConvLSTM runs on 32 x 32 (its 64 x 64 backward is 10x slower)
     "embed_dim": 64,
@@ -410,6 +413,8 @@ class KeyframesNet(nn.Module):
         self.heads = PointHeads(cfg["embed_dim"], cfg["num_classes"], cfg["levels"],
                                 cfg["prior_prob"])
         self.strides = [2 ** level for level in range(cfg["levels"])]
+        # Training steps seen (drives the teacher-forcing schedule; saved with the weights).
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self.regression_ranges = [tuple(r) for r in cfg["regression_ranges"]]
         if len(self.regression_ranges) != cfg["levels"]:
             raise ValueError("one regression range per pyramid level")
@@ -418,6 +423,11 @@ class KeyframesNet(nn.Module):
     def max_stride(self) -> int:
         """Sequence lengths must be a multiple of this."""
         return self.strides[-1]
+
+    def teacher_probability(self) -> float:
+        """Probability that a training run's temporal input is its ground-truth maps."""
+        steps = int(self.config["teacher_steps"])
+        return max(0.0, 1.0 - int(self.train_steps) / steps) if steps > 0 else 0.0
 
     def vessel_maps(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, 64, 64) working frames (vessels bright) -> (N, 64, 64) vessel maps in [0, 1]."""

@@ -295,10 +295,10 @@ def draw_params(seed: int, index: int, num_frames: int | None = None,
     """
     rng = np.random.default_rng([seed, index, 8])
     fps = float(fps if fps is not None else rng.choice(FRAME_RATES))
-    curve = ContrastCurve(onset=rng.uniform(0.3, 1.8), rise=rng.uniform(0.5, 1.3),
+    curve = ContrastCurve(onset=rng.uniform(0.2, 3.0), rise=rng.uniform(0.5, 1.3),
                           plateau=rng.uniform(0.0, 3.0) / fps, fall=rng.uniform(0.9, 2.4),
                           fall_power=rng.uniform(0.8, 1.6))
-    duration = curve.onset + curve.rise + curve.plateau + curve.fall + rng.uniform(0.3, 1.5)
+    duration = curve.onset + curve.rise + curve.plateau + curve.fall + rng.uniform(0.2, 2.5)
     natural = int(round(duration * fps))
     if num_frames is None:
         num_frames = int(np.clip(natural, MIN_FRAMES, MAX_FRAMES))
@@ -460,9 +460,9 @@ class SyntheticRuns(Sequence[KeyframeSample]):
     is called (index ``i`` is always the same run for a seed)."""
 
     def __init__(self, n: int, seed: int, size: int = 64, supersample: int = 4,
-                 num_frames: int | None = None) -> None:
+                 num_frames: int | None = None, fps: float | None = None) -> None:
         self.n, self.seed, self.size = n, seed, size
-        self.supersample, self.num_frames = supersample, num_frames
+        self.supersample, self.num_frames, self.fps = supersample, num_frames, fps
 
     def __len__(self) -> int:
         return self.n
@@ -472,7 +472,7 @@ class SyntheticRuns(Sequence[KeyframeSample]):
             return [self[i] for i in range(*index.indices(self.n))]
         if not -self.n <= index < self.n:
             raise IndexError(index)
-        params = draw_params(self.seed, index % self.n, self.num_frames)
+        params = draw_params(self.seed, index % self.n, self.num_frames, self.fps)
         start, apex, end = params.keyframes
         return KeyframeSample(run_id=f"synthetic{self.seed}_{index % self.n}", fps=params.fps,
                               start=start, apex=apex, end=end, params=params, size=self.size,
