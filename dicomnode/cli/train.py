@@ -45,6 +45,14 @@ def split_samples(samples: list[Any], fraction: float, seed: int) -> tuple[list[
     return [samples[i] for i in order[n_val:]], val
 
 
+def _command_line(module: str) -> str:
+    """This command as a user would retype it (global flags such as ``-v`` left out)."""
+    argv = sys.argv[1:]
+    if "train" in argv:
+        return "dicomnode " + shlex.join(argv[argv.index("train"):])
+    return f"dicomnode train {module}"  # called as a function, not from the command line
+
+
 def train_cmd(
     module_name: Annotated[str, typer.Argument(metavar="MODULE", help="Module to train")],
     synthetic: Annotated[int | None, typer.Option(
@@ -113,8 +121,7 @@ def train_cmd(
         module, train_s, val_s, out_dir=target.parent, version_dir=target, config=overrides,
         seed=seed, device=device, checkpoint_dir=settings.data_dir / "checkpoints" / module.name,
         resume=resume, version=name, data_description=description,
-        command="dicomnode " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else
-        f"dicomnode train {module.name}", changelog=changelog, progress=not json_out,
+        command=_command_line(module.name), changelog=changelog, progress=not json_out,
         timing_n=timing_n, db=db,
     )
     if json_out:
