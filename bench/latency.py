@@ -74,23 +74,27 @@ def measure(stack: P.Stack, t: P.Templates, study: str, work: Path) -> dict[str,
     failed = [(j["module"], j["error"] or j["reason"]) for j in outcome.jobs if j["state"] != "done"]
     (job,) = [j for j in outcome.jobs if j["module"] == module]
     srs = [r for r in outcome.results if r["module"] == module and r["kind"] == "SR"]
-    if failed or len(srs) != 1:
+    if failed or len(srs) > 1 or (not srs and not job["reason"]):
         raise RuntimeError(f"{module} study {uid}: jobs {failed}, {len(srs)} SR(s); "
                            f"reason {job['reason']!r}")
-    sr_at = srs[0]["deliveries"][0]["delivered_at"]
     assert outcome.last_received_at and outcome.last_series_added_at and outcome.completed_at
     quiet_end = max(outcome.last_received_at + SERIES_QUIET_S,
                     outcome.last_series_added_at + STUDY_QUIET_S)
-    return {
+    row = {
         "module": module, "study": uid,
-        "ack_to_sr_s": sr_at - acked,
-        "latency_s": sr_at - quiet_end,
         "detect_s": outcome.completed_at - quiet_end,
         "queue_s": job["started_at"] - outcome.completed_at,
         "job_s": float(job["timings"].get("total_s", float("nan"))),
-        "deliver_s": sr_at - job["finished_at"],
+        "job_done_s": job["finished_at"] - quiet_end,
         "timings": job["timings"],
+        # A job that selected nothing (its reason says why) has no SR to time.
+        "no_sr": "" if srs else job["reason"],
     }
+    if srs:
+        sr_at = srs[0]["deliveries"][0]["delivered_at"]
+        row.update(ack_to_sr_s=sr_at - acked, latency_s=sr_at - quiet_end,
+                   deliver_s=sr_at - job["finished_at"])
+    return row
 
 
 def p95(values: list[float]) -> float:
@@ -116,9 +120,22 @@ def report(rows: list[dict[str, Any]], first: dict[str, dict[str, Any]], n: int,
         "warm-up study (s) | detect | queue | job | deliver | ≤ 3 s? |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for module in MODULES:
         mine = [r for r in rows if r["module"] == module]
         if not mine:
+            continue
+        if any(r["no_sr"] for r in mine):
+            reason = next(r["no_sr"] for r in mine if r["no_sr"])
+            done = [r["job_done_s"] for r in mine]
+            lines.append(f"| {module} | {len(mine)} | no SR | — | — | — | — | "
+                         f"{statistics.median(r['detect_s'] for r in mine):.2f} | "
+                         f"{statistics.median(r['queue_s'] for r in mine):.2f} | "
+                         f"{statistics.median(r['job_s'] for r in mine):.2f} | — | not measured |")
+            notes.append(f"{module}: {sum(bool(r['no_sr']) for r in mine)} of {len(mine)} jobs "
+                         f"ended without a result, so there is no SR to time: “{reason[:300]}”. "
+                         f"Quiet period end → that job done: median {statistics.median(done):.2f} s, "
+                         f"max {max(done):.2f} s.")
             continue
         lat = [r["latency_s"] for r in mine]
 
@@ -129,10 +146,11 @@ def report(rows: list[dict[str, Any]], first: dict[str, dict[str, Any]], n: int,
                                                   else "no")
         lines.append(
             f"| {module} | {len(mine)} | {statistics.median(lat):.2f} | {p95(lat):.2f} | "
-            f"{max(lat):.2f} | {med('ack_to_sr_s')} | {first[module]['latency_s']:.2f} | "
+            f"{max(lat):.2f} | {med('ack_to_sr_s')} | {first[module].get('latency_s', float('nan')):.2f} | "
             f"{med('detect_s')} | {med('queue_s')} | {med('job_s')} | {med('deliver_s')} | {ok} |")
     stages = sorted({k for r in rows for k in r["timings"] if k.endswith("_s")
                      and k not in ("total_s", "queued_s")})
+    lines += [""] + notes if notes else []
     lines += ["", "Inside the job (medians, s; from the job's own timings):", "",
               "| module | " + " | ".join(s.removesuffix("_s") for s in stages) + " |",
               "|---" * (len(stages) + 1) + "|"]
@@ -165,14 +183,14 @@ def main() -> None:
                  fsync=True, torch_threads=2) as stack:
         for module in args.modules:  # warm-up: the first study of each module
             first[module] = measure(stack, t, by_module[module], work)
-            print(f"first {module:9s} latency {first[module]['latency_s']:6.2f} s", flush=True)
+            print(f"first {module:9s} latency {first[module].get('latency_s', 'no SR')}", flush=True)
         for i in range(n):
             for module in args.modules:  # interleaved, so background load hits all alike
                 row = measure(stack, t, by_module[module], work)
                 rows.append(row)
                 loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
-                print(f"{i + 1:3d} {module:9s} latency {row['latency_s']:6.2f} s  ack→SR "
-                      f"{row['ack_to_sr_s']:6.2f} s  job {row['job_s']:5.2f} s", flush=True)
+                print(f"{i + 1:3d} {module:9s} latency {row.get('latency_s', float('nan')):6.2f} s"
+                      f"  job {row['job_s']:5.2f} s {row['no_sr'][:80]}", flush=True)
     load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "n/a"
     text = report(rows, first, n, args.quick, load)
     print(text)
