@@ -8,7 +8,9 @@ half-written.
 
 Roles: ``receiver`` runs the Storage SCP; ``worker`` runs the scheduler (completion
 sweep and routing, retry wake-ups, delivery, retention; one per database) and the
-worker pool.  ``dicomnode run`` runs both.
+worker pool.  ``dicomnode run`` runs both.  With ``[metrics] port`` set, a Prometheus
+endpoint (:mod:`dicomnode.metrics`) reports this process's per-stage figures and the
+index-wide ones.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import threading
 from typing import Any, Protocol
 
 from dicomnode.config import Settings
+from dicomnode.metrics import InstrumentedIngestor, MetricsServer, NodeMetrics
 from dicomnode.net.scp import Receiver
 from dicomnode.storage.db import Database, open_database
 from dicomnode.storage.spool import Spool
@@ -46,17 +49,24 @@ class Node:
         self.db: Database = open_database(settings.database_url, fsync=settings.node.fsync)
         self.spool = Spool(settings.spool_dir, fsync=settings.node.fsync)
         self.services: list[Service] = []
+        self.metrics = NodeMetrics(self.db)
+        if settings.metrics.port:
+            self.services.append(MetricsServer(self.metrics, settings.metrics.port, settings.metrics.bind))
         if "receiver" in roles:
             self.receiver = Receiver(settings, self.db, self.spool)
+            # Observed from outside: the receiver's code knows nothing of metrics.
+            self.receiver.ingestor = InstrumentedIngestor(self.receiver.ingestor, self.metrics)  # type: ignore[assignment]
             self.services.append(self.receiver)
         if "worker" in roles:
             from dicomnode.jobs.scheduler import NodeScheduler
             from dicomnode.jobs.worker import ModuleCatalog, Notifier, WorkerPool
 
             notifier, catalog = Notifier(), ModuleCatalog()
-            self.scheduler = NodeScheduler(settings, self.db, rules, notifier, catalog)
+            self.scheduler = NodeScheduler(settings, self.db, rules, notifier, catalog,
+                                           metrics=self.metrics)
             self.workers = WorkerPool(settings, self.db, notifier, catalog,
-                                      on_finished=lambda: self.scheduler.wake("deliver"))
+                                      on_finished=lambda: self.scheduler.wake("deliver"),
+                                      metrics=self.metrics)
             self.services += [self.scheduler, self.workers]
         self._stop = threading.Event()
 

@@ -60,10 +60,31 @@ def collect(db: Any) -> dict[str, Any]:
              "attempts": j.attempts, "error": j.error,
              "at": (j.finished_at or j.started_at or j.created_at).isoformat()} for j in failures
         ]
+    from dicomnode.metrics import stage_figures
     from dicomnode.results.outbox import pending_summary
 
     out["deliveries"] = [d.as_json() for d in pending_summary(db)]
+    # The per-stage figures the metrics endpoint reports as dicomnode_index_* (same code).
+    out["stages"] = stage_figures(db)
     return out
+
+
+def _print_stages(stages: dict[str, Any]) -> None:
+    def span(f: dict[str, Any]) -> str:
+        if not f["count"]:
+            return "none yet"
+        return f"{f['count']}, mean {f['mean_s']:.2f} s, p95 {f['p95_s']:.2f} s, max {f['max_s']:.2f} s"
+
+    rec, comp, jobs, dlv = stages["received"], stages["completion"], stages["jobs"], stages["delivery"]
+    console.print("[bold]stages[/bold] (index-wide; times over the last "
+                  f"{comp['window_hours']:g} h)")
+    console.print(f"  received: {rec['instances']} instances, {rec['bytes']} bytes, "
+                  f"{rec['refused']} refused")
+    console.print(f"  completion wait (last instance → routed): {span(comp)}")
+    for module, f in jobs["duration_by_module"].items():
+        console.print(f"  job duration {module}: {span(f)}", highlight=False, markup=False)
+    console.print(f"  delivery: {dlv['attempts']} attempts, {dlv['failed_attempts']} failed; "
+                  + (", ".join(f"{k} {v}" for k, v in sorted(dlv["by_state"].items())) or "none"))
 
 
 def status(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
@@ -94,6 +115,7 @@ def status(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_out: Json
                           f"failed, next attempt {d['next_attempt_at']}"
                           + (f": {d['last_error'][:100]}" if d["last_error"] else ""),
                           highlight=False, markup=False)
+    _print_stages(info["stages"])
     console.print(f"refused in the last 24 h: {info['refused_last_24h']}")
     for r in info["recent_refusals"]:
         console.print(f"  {r['at']} {r['calling_ae']}@{r['peer']} 0x{(r['status'] or 0):04X} {r['reason']}")

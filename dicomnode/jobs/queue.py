@@ -190,6 +190,12 @@ def holds(db: Database, job_id: int, token: str) -> bool:
             Job.id == job_id, Job.state == RUNNING, Job.lease_owner == token))))
 
 
+def state_of(db: Database, job_id: int) -> str | None:
+    """The job's state (None when there is no such job)."""
+    with db.session() as s:
+        return s.scalar(select(Job.state).where(Job.id == job_id))
+
+
 def finish_done(session: Session, job_id: int, token: str, *, reason: str = "",
                 summary: Mapping[str, Any] | None = None,
                 timings: Mapping[str, Any] | None = None, model_version: str = "") -> bool:

@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,9 @@ from dicomnode.routing.router import Route
 from dicomnode.routing.rules import RuleSet
 from dicomnode.storage.db import Database
 from dicomnode.storage.models import Study
+
+if TYPE_CHECKING:
+    from dicomnode.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +65,9 @@ class TimedWork:
     """The node's timed jobs, bound to its database, settings and rules."""
 
     def __init__(self, settings: Settings, db: Database, rules: RuleSet, notifier: Notifier,
-                 catalog: ModuleCatalog) -> None:
+                 catalog: ModuleCatalog, metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.db = db
         self.rules = rules
         self.notifier = notifier
@@ -84,8 +88,11 @@ class TimedWork:
 
     def _enqueue(self, session: Session, study: Study, generation: int,
                  routes: Sequence[Route]) -> list[int]:
-        return queue.enqueue_routes(session, study, generation, routes, self.modules,
-                                    self.settings.jobs.max_attempts)
+        ids = queue.enqueue_routes(session, study, generation, routes, self.modules,
+                                   self.settings.jobs.max_attempts)
+        if self.metrics is not None:
+            self.metrics.observe_routed(study.last_received_at)
+        return ids
 
     def _guard(self, name: str, fn: Callable[[], Any]) -> Any:
         """Run one tick; log an error once per distinct message instead of every second."""
@@ -148,8 +155,8 @@ class NodeScheduler:
     """
 
     def __init__(self, settings: Settings, db: Database, rules: RuleSet, notifier: Notifier,
-                 catalog: ModuleCatalog) -> None:
-        self.work = TimedWork(settings, db, rules, notifier, catalog)
+                 catalog: ModuleCatalog, metrics: NodeMetrics | None = None) -> None:
+        self.work = TimedWork(settings, db, rules, notifier, catalog, metrics)
         self.catalog = catalog
         self.lock = SchedulerLock(db)
         self._scheduler: Any = None

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomnode.config import Settings
 from dicomnode.jobs import queue
@@ -35,9 +35,12 @@ from dicomnode.log import bind
 from dicomnode.storage.db import Database
 from dicomnode.storage.models import utcnow
 
+if TYPE_CHECKING:
+    from dicomnode.metrics import NodeMetrics
+
 logger = logging.getLogger(__name__)
 
-#: A running job's lease; renewed every LEASE_SECONDS / 6 by its slot.
+#: Default lease of a running job (``jobs.lease_seconds``); renewed every lease / 6 by its slot.
 LEASE_SECONDS = 60.0
 #: How often a slot checks (by a read) that its running job was not cancelled.
 CHECK_SECONDS = 1.0
@@ -45,6 +48,8 @@ CHECK_SECONDS = 1.0
 POLL_SECONDS = 1.0
 #: Wait before starting a worker process again after one failed to start.
 RESPAWN_BACKOFF_SECONDS = 5.0
+#: How long a slot waits for the report of a job its process has marked done.
+DONE_REPORT_SECONDS = 30.0
 #: Jobs one worker process runs before it is replaced (a failed job replaces it at once).
 MAX_JOBS_PER_PROCESS = 25
 
@@ -178,6 +183,7 @@ class _Slot(threading.Thread):
         super().__init__(name=f"dicomnode-slot-{index}", daemon=True)
         self.pool = pool
         self.child: WorkerProcess | None = None
+        self.outcome = ""  # how the current attempt ended, for the job-duration histogram
 
     # The process must be started by this thread: PR_SET_PDEATHSIG in the child fires
     # when the *thread* that forked it ends, so a short-lived helper thread would kill it.
@@ -211,12 +217,12 @@ class _Slot(threading.Thread):
                 child = self._ensure_child()
                 if child is None or not child.poll_ready(0.5):
                     continue
-                claim = queue.claim(self.pool.db, LEASE_SECONDS)
+                claim = queue.claim(self.pool.db, pool.lease_seconds)
                 if claim is None:
                     seen = self.pool.notifier.wait(seen, POLL_SECONDS)
                     continue
                 child.jobs += 1
-                if not self._supervise(claim, child):
+                if not self._observed(claim, child):
                     child.stop()
                     self.child = None
             except Exception:
@@ -226,6 +232,16 @@ class _Slot(threading.Thread):
         if self.child is not None:
             self.child.stop()
 
+    def _observed(self, claim: queue.Claim, child: WorkerProcess) -> bool:
+        """:meth:`_supervise`, with the attempt's duration and outcome recorded."""
+        started = time.monotonic()
+        self.outcome = "lost"
+        try:
+            return self._supervise(claim, child)
+        finally:
+            if self.pool.metrics is not None:
+                self.pool.metrics.observe_job(claim.module, self.outcome, time.monotonic() - started)
+
     def _supervise(self, claim: queue.Claim, child: WorkerProcess) -> bool:
         """Hand ``claim`` to ``child`` and see it through; True if the process stays usable."""
         pool = self.pool
@@ -234,7 +250,8 @@ class _Slot(threading.Thread):
             child.conn.send(("run", claim.job_id, claim.token))
             started = time.monotonic()
             deadline = started + pool.settings.jobs.job_timeout_seconds
-            renew_at = started + LEASE_SECONDS / 6
+            lease = pool.lease_seconds
+            renew_at = started + lease / 6
             check_at = started + CHECK_SECONDS
             message: Any = None
             while True:
@@ -250,10 +267,12 @@ class _Slot(threading.Thread):
                 if pool._stop.is_set():
                     child.stop()
                     queue.requeue(pool.db, claim.job_id, claim.token, "node stopped during the run")
+                    self.outcome = "requeued"
                     logger.info("node stopping: job queued again")
                     return False
                 if now > deadline:
                     child.stop()
+                    self.outcome = "timeout"
                     self._failed(claim, f"timed out after {pool.settings.jobs.job_timeout_seconds:g} s"
                                         " (jobs.job_timeout_seconds)")
                     return False
@@ -261,20 +280,28 @@ class _Slot(threading.Thread):
                     check_at = now + CHECK_SECONDS
                     mine = queue.holds(pool.db, claim.job_id, claim.token)
                     if mine and now > renew_at:
-                        renew_at = now + LEASE_SECONDS / 6
-                        mine = queue.renew(pool.db, claim.job_id, claim.token, LEASE_SECONDS)
+                        renew_at = now + lease / 6
+                        mine = queue.renew(pool.db, claim.job_id, claim.token, lease)
+                    if not mine and queue.state_of(pool.db, claim.job_id) == queue.DONE \
+                            and child.conn.poll(DONE_REPORT_SECONDS):
+                        # The process finished the job (done clears the lease) between our
+                        # last poll and this check: read its report and keep it warm.
+                        continue
                     if not mine:
                         child.stop()
                         logger.warning("lease lost (cancelled?): worker process stopped")
                         return False
             if message is not None and message[0] == "done":
+                self.outcome = "done"
                 pool.on_job_finished()
                 return True
             if message is not None and message[0] == "error":
+                self.outcome = "failed"
                 self._failed(claim, str(message[1]))
                 return bool(message[2])  # the process survives a module's exception
             child.proc.join(10)
             if message is None:
+                self.outcome = "failed"
                 self._failed(claim, exit_reason(child.proc.exitcode))
             else:
                 logger.warning("%s", message[1])
@@ -302,11 +329,15 @@ class WorkerPool:
         Filled by the first worker process that starts (the modules it could load).
     on_finished : callable, optional
         Called after each job ends (the node wakes the outbox).
+    metrics : NodeMetrics, optional
+        Receives each attempt's duration per module and outcome.
     """
 
     def __init__(self, settings: Settings, db: Database, notifier: Notifier,
-                 catalog: ModuleCatalog, on_finished: Callable[[], None] | None = None) -> None:
+                 catalog: ModuleCatalog, on_finished: Callable[[], None] | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.db = db
         self.notifier = notifier
         self.catalog = catalog
@@ -314,6 +345,7 @@ class WorkerPool:
         self._stop = threading.Event()
         self._slots: list[_Slot] = []
         self.failures = 0
+        self.lease_seconds = settings.jobs.lease_seconds
         self.log_level = logging.getLogger().getEffectiveLevel()
 
     def on_job_finished(self) -> None:
