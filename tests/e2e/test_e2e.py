@@ -99,12 +99,13 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ERun]:
     # The four generators run side by side (each is mostly torch import and rendering).
     procs = {m: P.synth(m, data / m, n, SEED) for m, n in COUNTS.items()}
     orthanc = OrthancServer("ORTHANC", free_port(), free_port(), root / "orthanc")
-    orthanc.start()
     node = NodeProcess(root / "node", free_port(), config=P.node_config(orthanc))
     node.data_dir.mkdir()
-    node.start()
-    index = P.NodeIndex(node.data_dir)
+    index: P.NodeIndex | None = None
     try:
+        orthanc.start()
+        node.start()
+        index = P.NodeIndex(node.data_dir)
         files = {m: P.finish_synth(p, data / m) for m, p in procs.items()}
         files["ct"] = [ct_instance(data / "ct" / "ct.dcm", BodyPartExamined="CHEST",
                                    SeriesDescription="CT chest", StudyDescription="CT thorax")]
@@ -124,7 +125,11 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ERun]:
         print(node.log()[-8000:], file=sys.stderr)
         raise
     finally:
-        index.close()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        if index is not None:
+            index.close()
         node.stop()
         orthanc.stop()
         shutil.rmtree(data, ignore_errors=True)
