@@ -76,4 +76,6 @@ class ToyModule(AIModule):
 @pytest.fixture
 def toy() -> ToyModule:
     """A tiny module whose task (left or right?) trains in seconds."""
+    # One thread: on a shared 2-core runner OpenMP spinning makes 2 threads far slower.
+    torch.set_num_threads(1)
     return ToyModule()
