@@ -83,10 +83,10 @@ class MemoryWatch(threading.Thread):
             self.sample()
 
 
-def run(n: int, work: Path) -> dict[str, Any]:
+def run(n: int, work: Path, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
     t = templates()
     by_kind = {t.kinds[s]: s for s in t.studies}
-    plan = [KINDS[i % len(KINDS)] for i in range(n)]
+    plan = [kinds[i % len(kinds)] for i in range(n)]
     ready: queue.Queue[tuple[str, str, list[Path]] | None] = queue.Queue(maxsize=4)
 
     def writer() -> None:  # copies are made while the previous study is being pushed
@@ -210,11 +210,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20 studies (CI)")
     ap.add_argument("--dry-run", action="store_true", help="print the table, leave RESULTS.md alone")
     ap.add_argument("--n", type=int, default=None, help="studies (default 500, quick 20)")
+    ap.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS,
+                    help="study kinds in the rotation (default: all)")
     args, _ = ap.parse_known_args()  # bench/run passes every script the same arguments
     n = args.n or (20 if args.quick else 500)
     work = ROOT / "bench" / "out" / "load"
     before = float(Path("/proc/loadavg").read_text().split()[0])
-    verdict = run(n, work)
+    verdict = run(n, work, tuple(args.kinds))
     after = float(Path("/proc/loadavg").read_text().split()[0])
     text = report(verdict, args.quick, f"{min(before, after):.1f}–{max(before, after):.1f}")
     print(text)
