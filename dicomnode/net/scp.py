@@ -12,9 +12,9 @@ pynetdicom 3.0's accept side: PDUs were buffered whole, unbounded (a 4 GB length
 grew the node by every byte sent) and a peer silent inside a PDU kept its slot for
 ever (:func:`_limit_reads`); the TLS handshake ran in the accept loop, where one
 silent client blocked all others (:class:`_LazyHandshakeContext`); a protocol error
-killed pynetdicom's reader thread without A-ABORT or EVT_CONN_CLOSE, and after an
-invalid PDU the rest was parsed and logged 6 bytes at a time
-(:func:`_contain_protocol_errors`, :class:`_LogGuard`).
+killed a pynetdicom thread without A-ABORT or EVT_CONN_CLOSE, and after an invalid
+PDU the rest was parsed and logged 6 bytes at a time (:func:`_contain_protocol_errors`,
+:class:`_LogGuard`).
 
 Patient names and IDs, and received UIDs that are not valid, reach a log line only
 when ``node.log_phi`` is on.  The audit trail (``Event`` rows) records each
@@ -181,46 +181,53 @@ def _limit_reads(transport: AssociationSocket, limit: int,
 
 
 def _contain_protocol_errors(assoc: Association, on_error: Callable[[str], None]) -> None:
-    """Abort the association, instead of killing pynetdicom's reader thread, on a protocol error.
+    """Abort the association, instead of letting a pynetdicom thread die, on a protocol error.
 
-    An exception from a state-machine action sends A-ABORT, stops pynetdicom's two
-    threads and closes the connection; after an invalid PDU (Evt19, answered as
-    pynetdicom does) the connection is closed so the rest is not parsed.
-    ``on_error(reason)`` is called once per association, in the reader thread.
+    An exception from a state-machine action or from negotiating the request (a
+    presentation context without a transfer syntax left the peer unanswered for
+    ever) sends A-ABORT and closes the connection; so does an invalid PDU (Evt19),
+    after pynetdicom's own answer.  ``on_error(reason)`` is called once.
     """
     dul = assoc.dul
-    machine = dul.state_machine
-    act = machine.do_action
-    done = threading.Event()
+    act, negotiate = dul.state_machine.do_action, assoc.acse.negotiate_association
+    done = threading.Lock()
 
     def close() -> None:
         transport = dul.socket
         _shutdown(transport.socket if transport is not None else None)
 
+    def abort(exc: Exception) -> None:
+        if not done.acquire(blocking=False):
+            return
+        on_error(f"protocol error {type(exc).__name__}")
+        with contextlib.suppress(Exception):
+            pdu = A_ABORT_RQ()
+            pdu.source, pdu.reason_diagnostic = 0x02, 0x00
+            if dul.socket is not None:
+                dul.socket.send(pdu.encode())
+        assoc.is_aborted, assoc.is_established = True, False
+        assoc._kill = True
+        dul._kill_thread = True
+        close()
+
     def do_action(event: str) -> None:
         try:
             act(event)
         except Exception as exc:
-            if done.is_set():
-                return
-            done.set()
-            on_error(f"protocol error {type(exc).__name__}")
-            with contextlib.suppress(Exception):
-                abort = A_ABORT_RQ()
-                abort.source, abort.reason_diagnostic = 0x02, 0x00
-                if dul.socket is not None:
-                    dul.socket.send(abort.encode())
-            assoc.is_aborted, assoc.is_established = True, False
-            assoc._kill = True
-            dul._kill_thread = True
-            close()
+            abort(exc)
             return
-        if event == "Evt19" and not done.is_set():
-            done.set()
+        if event == "Evt19" and done.acquire(blocking=False):
             on_error("invalid PDU")
             close()
 
-    machine.do_action = do_action  # type: ignore[method-assign]
+    def negotiate_association() -> None:
+        try:
+            negotiate()
+        except Exception as exc:
+            abort(exc)
+
+    dul.state_machine.do_action = do_action  # type: ignore[method-assign]
+    assoc.acse.negotiate_association = negotiate_association  # type: ignore[method-assign]
 
 
 # -- the receiver ----------------------------------------------------------------------
@@ -397,18 +404,14 @@ class Receiver:
             time.sleep(0.02)
         with self._in_flight_lock:  # a handler that raced the abort
             self._in_flight_lock.wait_for(lambda: self._in_flight == 0, timeout=5)
-        with self._files_lock:
-            leftovers, self._files = list(self._files.values()), {}
-        for rf in leftovers:
-            rf.discard()
+        self._discard_files({rf.owner for rf in list(self._files.values())})
         if server in self.ae._servers:
             self.ae._servers.remove(server)
         logger.info("receiver stopped")
 
     # -- connection guards (the module docstring says what each stops) --------
     def _cut_off(self, peer: str, reason: str, detail: dict[str, Any]) -> None:
-        logger.warning("connection from %s closed: %s %s", peer, reason, detail or
-                       f"for {self.settings.node.network_timeout:.0f} s")
+        logger.warning("connection from %s closed: %s %s", peer, reason, detail or "")
         self._audit("connection-closed", "", peer, detail={"reason": reason, **detail})
         self.log_guard.silence_thread()
 

@@ -47,7 +47,7 @@ from fuzz.wire import (
     release_rq,
     send_all,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
@@ -88,9 +88,23 @@ def answer(sock: socket.socket) -> str:
                 return f"status 0x{int(command.Status):04X}"
 
 
-def associate(sock: socket.socket) -> None:
-    sock.sendall(RQ)
-    assert answer(sock) == "accepted"
+def associate(port: int) -> socket.socket:
+    """A connection with an accepted association.
+
+    Connections of earlier examples may still be ending (a peer silent inside a PDU
+    holds its slot for the network timeout), so a rejection for the association
+    limit is retried; slots that never come back fail the test.
+    """
+    deadline = time.monotonic() + 15
+    while True:
+        sock = connect(port)
+        sock.sendall(RQ)
+        outcome = answer(sock)
+        if outcome == "accepted":
+            return sock
+        sock.close()
+        assert outcome == "rejected" and time.monotonic() < deadline, f"association {outcome}"
+        time.sleep(0.2)
 
 
 def release(sock: socket.socket) -> str:
@@ -104,7 +118,7 @@ def release(sock: socket.socket) -> str:
 def pdu_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     node = start_node(tmp_path_factory.mktemp("fuzz-pdus"), config={"node": {
         "network_timeout": NETWORK_TIMEOUT, "acse_timeout": 1.0, "dimse_timeout": 5.0,
-        "max_associations": 8}})
+        "max_associations": 16}})
     yield node
     node.stop()
 
@@ -122,9 +136,12 @@ def test_corrupted_pdus_are_answered_or_closed_and_the_node_survives(
               derandomize="DICOMNODE_FUZZ_EXAMPLES" not in os.environ,
               suppress_health_check=list(HealthCheck))
     @given(target=st.sampled_from(["associate", "p-data", "release"]), ops=mutations)
+    # Found by a 1000-example random run: a presentation context whose transfer
+    # syntax sub-item type is overwritten left the peer unanswered for ever.
+    @example(target="associate", ops=[("vr", 0.5, b"SQ")])
     def one(target: str, ops: list[tuple]) -> None:
         start = time.monotonic()
-        with connect(pdu_node.port) as sock:
+        with connect(pdu_node.port) if target == "associate" else associate(pdu_node.port) as sock:
             try:
                 if target == "associate":
                     send_all(sock, apply(RQ, pdu_slots(RQ), ops))
@@ -132,13 +149,11 @@ def test_corrupted_pdus_are_answered_or_closed_and_the_node_survives(
                     if outcome == "accepted":
                         outcome = "accepted, " + release(sock)
                 elif target == "p-data":
-                    associate(sock)
                     send_all(sock, apply(STORE, pdu_slots(STORE), ops))
                     outcome = answer(sock)
                     if outcome.startswith("status"):
                         outcome += ", " + release(sock)
                 else:
-                    associate(sock)
                     sock.sendall(STORE)
                     assert answer(sock).startswith("status")
                     send_all(sock, apply(RELEASE, pdu_slots(RELEASE), ops))
@@ -168,3 +183,21 @@ def test_corrupted_pdus_are_answered_or_closed_and_the_node_survives(
     check_index_matches_spool(pdu_node)
     note(f"fuzz PDUs: 0 crashes, 0 hangs; node peak RSS {peak / 1024:.0f} MB "
          f"(+{(peak - rss_before) / 1024:.0f} MB); slowest answer {slowest[0]:.2f} s")
+
+
+def test_a_presentation_context_without_a_transfer_syntax_is_aborted_not_left_hanging(
+    pdu_node: NodeProcess,
+) -> None:
+    # The transfer syntax sub-item (type 0x40) renamed to an unknown type: pynetdicom's
+    # negotiation raised IndexError in the association thread and the peer waited for
+    # ever, holding an association slot.
+    rq = bytearray(RQ)
+    sub_item = rq.index(bytes([0x40, 0x00]), 74 + 4 + 4)
+    rq[sub_item] = 0x53
+    start = time.monotonic()
+    with connect(pdu_node.port) as sock:
+        sock.sendall(bytes(rq))
+        assert answer(sock) in ("aborted", "rejected", "closed")
+    assert time.monotonic() - start < ANSWER_WITHIN
+    assert alive(pdu_node)
+    assert "protocol error IndexError" in pdu_node.log()
