@@ -11,6 +11,7 @@ APT_PACKAGES=(
   libpixelmed-java # PixelMed DicomSRValidator
   default-jdk-headless # javac lets the PixelMed validator batch files in one JVM
   postgresql       # the index on PostgreSQL (storage and scale-out tests)
+  systemd          # systemd-analyze verify of the shipped unit
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
