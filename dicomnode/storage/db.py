@@ -92,15 +92,36 @@ def create_db_engine(url: str, *, fsync: bool = True) -> Engine:
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
+#: pg_advisory_lock key serialising schema upgrades of nodes that start together.
+MIGRATION_LOCK_KEY = 0x44434D4E  # "DCMN"
+
+
 def migrate(engine: Engine) -> None:
-    """Upgrade the schema to the newest Alembic revision (idempotent)."""
+    """Upgrade the schema to the newest Alembic revision (idempotent).
+
+    On PostgreSQL several nodes may start at once against one index: the upgrade
+    runs under an advisory lock, so the second node waits and then finds the
+    schema current instead of racing the first one's DDL.
+    """
     from alembic import command
     from alembic.config import Config
+    from sqlalchemy import text
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.attributes["connection_engine"] = engine
-    command.upgrade(cfg, "head")
+    if engine.dialect.name != "postgresql":
+        cfg.attributes["connection_engine"] = engine
+        command.upgrade(cfg, "head")
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        conn.commit()
+        try:
+            cfg.attributes["connection_engine"] = engine
+            command.upgrade(cfg, "head")
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
 
 
 def open_database(url: str, *, fsync: bool = True, upgrade: bool = True) -> Database:

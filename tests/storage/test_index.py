@@ -160,3 +160,26 @@ def test_receive_file_turns_a_write_error_into_a_flag(tmp_path: Path) -> None:
 )
 def test_uid_rule_of_ps3_5(value: str, ok: bool) -> None:
     assert valid_uid(value) is ok
+
+
+def test_nodes_starting_together_migrate_one_index_once(postgres, tmp_path: Path) -> None:
+    """Four processes open one empty PostgreSQL index at the same moment."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text('CREATE DATABASE "racetest"'))
+    admin.dispose()
+    url = postgres.url.rsplit("/", 1)[0] + "/racetest"
+    code = f"from dicomnode.storage.db import open_database; open_database({url!r}).dispose()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    db = open_database(url)
+    with db.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+    db.dispose()
