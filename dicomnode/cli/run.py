@@ -41,6 +41,8 @@ def run(
         fail(f"cannot start: {exc}", EXIT_UNREACHABLE)
     try:
         node.run_forever()
+    except ConfigError as exc:  # found while starting, e.g. TLS without a CA
+        fail(str(exc), EXIT_CONFIG)
     except OSError as exc:  # e.g. port in use
         fail(f"cannot listen on {settings.node.bind}:{settings.node.port}: {exc.strerror}", EXIT_UNREACHABLE)
 
