@@ -43,7 +43,12 @@ from ai.keyframes.detection import Detection, decode_run, detection_loss
 from ai.keyframes.metrics import keyframe_metrics
 from ai.keyframes.network import DEFAULT_NETWORK, KeyframesNet, pyramid_points
 from ai.keyframes.synthetic import KeyframeSample, SyntheticRuns
-from ai.keyframes.transforms import PrepareRund, RandTemporalCropd, read_working_frames
+from ai.keyframes.transforms import (
+    PrepareRund,
+    RandTemporalCropd,
+    read_working_frames,
+    run_background,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +134,9 @@ class KeyframesModule(AIModule):
             if maps is None:
                 if frames is None:
                     raise ValueError("give frames or maps")
+                bg = run_background(frames).round().to(model.device) / 255.0
                 x = frames.to(model.device, torch.float32) / 255.0
-                maps = torch.cat([net.vessel_maps(c) for c in x.split(64)])
+                maps = torch.cat([net.vessel_maps(c, bg) for c in x.split(64)])
             maps = maps.to(model.device, torch.float32)
             t = maps.shape[0]
             length = max(net.max_stride, math.ceil(t / net.max_stride) * net.max_stride)
@@ -244,33 +250,42 @@ class KeyframesModule(AIModule):
         """Vessel maps (the UNet's or the filter's, detached) -> temporal network.
 
         Training with a UNet also trains it on ``vessel_train_frames`` frames per run
-        against the ground-truth maps, and feeds the temporal network the ground-truth
-        maps of a run with the teacher-forcing probability (1 at the start, 0 after
-        ``teacher_steps``): the temporal net learns on clean maps while the UNet is
-        still poor, then adapts to the UNet's maps it will see at inference.
+        against the ground-truth maps; for the first ``vessel_only_steps`` steps nothing
+        else runs.  Then the temporal network gets the ground-truth maps of a run with
+        the teacher-forcing probability (1, falling to 0 at ``teacher_until``): it learns
+        on clean maps while the UNet is still poor, then adapts to the UNet's maps it
+        will see at inference.
         """
         net: KeyframesNet = network  # type: ignore[assignment]
         mask = batch["mask"]
         extra: dict[str, Any] = {}
         if "maps" in batch:
-            maps = batch["maps"].float()
+            return net(batch["maps"].float(), mask)
+        frames = batch["frames"].float() / 255.0
+        bg = batch["background"].float()[:, None] / 255.0  # (B, 1, 64, 64)
+        trains_unet = net.training and any(p.requires_grad for p in net.vessel.parameters())
+        if trains_unet:
+            k = int(net.config["vessel_train_frames"]) * frames.shape[0]
+            idx = torch.nonzero(mask)[torch.randperm(int(mask.sum()))[:k]]
+            x = net.vessel_input(frames[idx[:, 0], idx[:, 1]], bg[idx[:, 0], 0])
+            extra["vessel_logits"] = net.vessel(x)[:, 0]
+            extra["vessel_target"] = batch["vessel"][idx[:, 0], idx[:, 1]].float() / 255.0
+            vessel_only = net.vessel_only()
+            teacher = torch.rand(frames.shape[0]) < net.teacher_probability()
+            net.train_steps += 1
+            if vessel_only:
+                return extra
         else:
-            frames = batch["frames"].float() / 255.0
-            trains_unet = net.training and any(p.requires_grad for p in net.vessel.parameters())
             teacher = torch.zeros(frames.shape[0], dtype=torch.bool)
-            if trains_unet:
-                teacher = torch.rand(frames.shape[0]) < net.teacher_probability()
-                net.train_steps += 1
-            maps = batch["vessel"].float() / 255.0 * teacher[:, None, None, None].to(frames)
-            todo = mask & ~teacher[:, None].to(mask.device)
-            if todo.any():
-                with torch.no_grad():
-                    maps[todo] = torch.cat([net.vessel_maps(c) for c in frames[todo].split(128)])
-            if trains_unet:
-                k = int(net.config["vessel_train_frames"]) * frames.shape[0]
-                idx = torch.nonzero(mask)[torch.randperm(int(mask.sum()))[:k]]
-                extra["vessel_logits"] = net.vessel(frames[idx[:, 0], idx[:, 1]][:, None])[:, 0]
-                extra["vessel_target"] = batch["vessel"][idx[:, 0], idx[:, 1]].float() / 255.0
+        teacher = teacher.to(mask.device)
+        maps = batch["vessel"].float() / 255.0 * teacher[:, None, None, None].to(frames)
+        todo = mask & ~teacher[:, None]
+        if todo.any():
+            rows = torch.nonzero(todo)
+            with torch.no_grad():
+                maps[todo] = torch.cat([
+                    net.vessel_maps(frames[r[:, 0], r[:, 1]], bg[r[:, 0], 0])
+                    for r in rows.split(128)])
         out = net(maps, mask)
         out.update(extra)
         return out
@@ -278,11 +293,13 @@ class KeyframesModule(AIModule):
     def loss(self, outputs: Any, batch: Mapping[str, Any], config: Mapping[str, Any]
              ) -> torch.Tensor:
         tcfg = config.get("training", {})
-        length = batch["mask"].shape[1]
-        points = pyramid_points(config.get("network", {}), length, batch["mask"].device)
-        losses = detection_loss(outputs, points, batch["segments"], batch["labels"],
-                                contrast_weight=float(tcfg.get("contrast_weight", 0.1)))
-        total = losses["total"]
+        total = torch.zeros((), device=batch["mask"].device)
+        if "logits" in outputs:  # not in the UNet-only phase
+            length = batch["mask"].shape[1]
+            points = pyramid_points(config.get("network", {}), length, batch["mask"].device)
+            total = detection_loss(outputs, points, batch["segments"], batch["labels"],
+                                   contrast_weight=float(tcfg.get("contrast_weight", 0.1))
+                                   )["total"]
         if "vessel_logits" in outputs:
             total = total + float(tcfg.get("vessel_weight", 1.0)) * \
                 F.binary_cross_entropy_with_logits(outputs["vessel_logits"],

@@ -154,6 +154,18 @@ class RandTemporalCropd(RandomizableTransform, MapTransform):
         return d
 
 
+def run_background(frames: torch.Tensor) -> torch.Tensor:
+    """(T, H, W) working frames -> (H, W): the per-pixel 20th percentile over time.
+
+    Vessels are bright in working frames only while filled with contrast (and move
+    with the heart), so a low percentile keeps the catheter, spine and ribs and drops
+    the vessels.
+    """
+    x = frames.float()
+    return torch.quantile(x.reshape(x.shape[0], -1), 0.2, dim=0).reshape(x.shape[1:]).to(
+        frames.dtype if frames.dtype.is_floating_point else torch.float32)
+
+
 def working_frames_u8(frames: np.ndarray | torch.Tensor, size: int = MAP_SIZE) -> torch.Tensor:
     """:func:`to_working_frames` quantised to uint8 (what training caches and predict sees)."""
     return (to_working_frames(frames, size) * 255.0).round().to(torch.uint8)
@@ -163,7 +175,8 @@ class PrepareRund(Transform):
     """A :class:`~ai.keyframes.synthetic.KeyframeSample` -> dict of tensors (deterministic).
 
     Runs with pixels give ``frames`` (T, 64, 64) uint8 working frames (vessels bright)
-    and ``vessel`` (T, 64, 64) uint8 ground-truth maps (x 255; zeros if unknown); runs
+    ``background`` (64, 64) uint8 (:func:`run_background`) and ``vessel`` (T, 64, 64)
+    uint8 ground-truth maps (x 255; zeros if unknown); runs
     from ``vessel.json`` give ``maps`` (T, 64, 64) float16.  Every run gives
     ``segments`` (2, 2) in frames, ``labels`` (0, 1) and ``length``.
     """
@@ -179,6 +192,7 @@ class PrepareRund(Transform):
         else:
             frames, vessel = sample.pixels()
             out["frames"] = working_frames_u8(frames)
+            out["background"] = run_background(out["frames"]).round().to(torch.uint8)
             if vessel is not None:
                 out["vessel"] = torch.as_tensor(np.round(np.asarray(vessel) * 255.0),
                                                 dtype=torch.uint8)
