@@ -67,6 +67,7 @@ class MemoryWatch(threading.Thread):
         self.stop_event = threading.Event()
         self.node_hwm = self.worker_hwm = self.tree_rss = 0.0
         self.workers_seen: set[int] = set()
+        self.loads: list[float] = []
 
     def sample(self) -> None:
         mem = P.memory_mb(self.pid)
@@ -77,6 +78,7 @@ class MemoryWatch(threading.Thread):
                 self.workers_seen.add(p)
                 self.worker_hwm = max(self.worker_hwm, m["hwm"])
         self.tree_rss = max(self.tree_rss, sum(m["rss"] for m in mem.values()))
+        self.loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
 
     def run(self) -> None:
         while not self.stop_event.wait(0.5):
@@ -123,7 +125,8 @@ def run(n: int, work: Path, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
         verdict = check(stack, pushed, outcomes)
         verdict.update(n=n, push_s=push_s, drained_s=drained_s,
                        node_hwm_mb=watch.node_hwm, worker_hwm_mb=watch.worker_hwm,
-                       tree_rss_mb=watch.tree_rss, worker_processes=len(watch.workers_seen))
+                       tree_rss_mb=watch.tree_rss, worker_processes=len(watch.workers_seen),
+                       load=f"{min(watch.loads):.1f}–{max(watch.loads):.1f}")
     return verdict
 
 
@@ -215,10 +218,8 @@ def main() -> None:
     args, _ = ap.parse_known_args()  # bench/run passes every script the same arguments
     n = args.n or (20 if args.quick else 500)
     work = ROOT / "bench" / "out" / "load"
-    before = float(Path("/proc/loadavg").read_text().split()[0])
     verdict = run(n, work, tuple(args.kinds))
-    after = float(Path("/proc/loadavg").read_text().split()[0])
-    text = report(verdict, args.quick, f"{min(before, after):.1f}–{max(before, after):.1f}")
+    text = report(verdict, args.quick, verdict["load"])
     print(text)
     (work / "load.json").write_text(json.dumps(verdict, indent=1))
     if not args.dry_run:
