@@ -62,6 +62,10 @@ def templates() -> P.Templates:
     return t
 
 
+def _since(later: float | None, earlier: float) -> float:
+    return float("nan") if later is None else later - earlier
+
+
 def measure(stack: P.Stack, t: P.Templates, study: str, work: Path) -> dict[str, Any]:
     """Push a fresh copy of template ``study``; wait for its results; its timings."""
     module = t.kinds[study]
@@ -71,24 +75,23 @@ def measure(stack: P.Stack, t: P.Templates, study: str, work: Path) -> dict[str,
     outcome = stack.index.wait_settled([uid], 300)[uid]
     for f in files:
         f.unlink()
-    failed = [(j["module"], j["error"] or j["reason"]) for j in outcome.jobs if j["state"] != "done"]
     (job,) = [j for j in outcome.jobs if j["module"] == module]
     srs = [r for r in outcome.results if r["module"] == module and r["kind"] == "SR"]
-    if failed or len(srs) > 1 or (not srs and not job["reason"]):
-        raise RuntimeError(f"{module} study {uid}: jobs {failed}, {len(srs)} SR(s); "
-                           f"reason {job['reason']!r}")
+    if len(srs) > 1 or (not srs and not job["reason"] and job["state"] == "done"):
+        raise RuntimeError(f"{module} study {uid}: {len(srs)} SR(s), job {job}")
     assert outcome.last_received_at and outcome.last_series_added_at and outcome.completed_at
     quiet_end = max(outcome.last_received_at + SERIES_QUIET_S,
                     outcome.last_series_added_at + STUDY_QUIET_S)
     row = {
         "module": module, "study": uid,
         "detect_s": outcome.completed_at - quiet_end,
-        "queue_s": job["started_at"] - outcome.completed_at,
+        "queue_s": _since(job["started_at"], outcome.completed_at),
         "job_s": float(job["timings"].get("total_s", float("nan"))),
-        "job_done_s": job["finished_at"] - quiet_end,
+        "job_done_s": _since(job["finished_at"], quiet_end),
         "timings": job["timings"],
-        # A job that selected nothing (its reason says why) has no SR to time.
-        "no_sr": "" if srs else job["reason"],
+        # A job that failed, or selected nothing (its reason says why), has no SR to time.
+        "no_sr": "" if srs else (f"job failed: {job['error']}" if job["state"] != "done"
+                                 else job["reason"]),
     }
     if srs:
         sr_at = srs[0]["deliveries"][0]["delivered_at"]
