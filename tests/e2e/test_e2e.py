@@ -88,12 +88,6 @@ def _require_modules() -> None:
     assert not missing, f"modules not installed (setup.cfg entry points): {missing}"
 
 
-def get_module_path(module: str) -> Path:
-    from ai.core.registry import get_module
-
-    return get_module(module).bundled_model_path()
-
-
 def _require_model(module: str) -> None:
     """The accuracy checks are about the bundled model: fail clearly when there is none."""
     from ai.core.registry import get_module
