@@ -371,15 +371,19 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def memory_mb(pid: int) -> dict[int, dict[str, float]]:
-    """VmRSS and VmHWM (peak) in MB of ``pid`` and each descendant, with its command name."""
-    out: dict[int, dict[str, float]] = {}
+def memory_mb(pid: int) -> dict[int, dict[str, Any]]:
+    """VmRSS and VmHWM (peak) in MB of ``pid`` and each descendant, and its role:
+    ``node``, ``worker`` (a multiprocessing spawn child) or ``helper`` (e.g. the
+    multiprocessing resource tracker)."""
+    out: dict[int, dict[str, Any]] = {}
     for p in process_tree(pid):
         try:
             fields = dict(line.split(":", 1) for line in
                           Path(f"/proc/{p}/status").read_text().splitlines() if ":" in line)
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
+        role = "node" if p == pid else "worker" if "spawn_main" in cmdline else "helper"
         out[p] = {"rss": int(fields.get("VmRSS", "0 kB").split()[0]) / 1024,
-                  "hwm": int(fields.get("VmHWM", "0 kB").split()[0]) / 1024}
+                  "hwm": int(fields.get("VmHWM", "0 kB").split()[0]) / 1024, "role": role}
     return out
