@@ -12,7 +12,7 @@ from dicomnode.cli.common import JsonOpt, console, fail, print_json
 def synth_cmd(
     module_name: Annotated[str, typer.Argument(metavar="MODULE", help="Module")],
     out: Annotated[Path, typer.Option("--out", help="Output directory")],
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of cases")] = 4,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of cases")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Generator seed")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -29,7 +29,9 @@ def synth_cmd(
                     "files": [str(p) for p in paths]})
         return
     console.print(f"wrote {len(paths)} DICOM files for {module.name} to {out}")
-    console.print(f"push them: /usr/bin/storescu -aec DICOMNODE HOST PORT {out}/*.dcm")
+    # +sd +r: the modules write nested folders (one per study or case).
+    console.print(f"push them: /usr/bin/storescu -aec DICOMNODE +sd +r +sp '*.dcm' HOST PORT {out}",
+                  soft_wrap=True)  # one line, whatever the terminal width: it is copied
 
 
 def register(app: typer.Typer) -> None:
