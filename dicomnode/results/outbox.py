@@ -8,11 +8,28 @@ All state is in the ``delivery`` table, so a restarted node simply carries on:
 ``delivery.retry_backoff_seconds``, its last value repeated), or ``failed`` once
 ``delivery.max_attempts`` (0 = never) is reached.
 
+``failed`` is shown in ``dicomnode status`` but never dropped.  A row that failed
+because its destination could not be reached keeps a ``next_attempt_at`` (the
+capped backoff): when that time comes, or when a newer row for the same
+destination is due, the failed rows go back to ``pending`` ahead of it, so a PACS
+that is down for longer than the retry cap still gets everything, in order, once
+it answers.  A row the PACS itself refused (a failure status) stays ``failed``
+until an operator sends it again (:func:`requeue_failed`, or re-running the job:
+:func:`~dicomnode.results.store.store_results` re-arms its failed rows).
+
 :func:`deliver_due` (the scheduler calls it every few seconds) takes the due rows in
 creation order, groups them by destination, and sends each group over one
-association.  It first *claims* the rows (``next_attempt_at`` moved a lease ahead)
-in its own transaction, so two overlapping calls or two nodes never send the same
-row; a crash mid-send only delays those rows by the lease.
+association.  It first *claims* the rows (``next_attempt_at`` moved a lease ahead,
+``claimed_by`` = ``host:pid:random``) in its own transaction, so two overlapping
+calls or two nodes never send the same row.  A node killed mid-send leaves its
+claims behind: the next call on that host sees the owner process is gone and
+sends them at once (another host's claims wait for the lease).  The PACS may then
+get an object it already stored but whose answer never arrived: it is the same
+object with the same SOP Instance UID (results.md, Identity), never a second one.
+
+Every attempt leaves an audit ``Event`` (``delivered``, ``delivery-retry``,
+``delivery-failed``; one ``delivery-unreachable`` per association that could not
+be made): what was sent, to which destination and AE, when, and the outcome.
 
 Order per destination is kept across outages: when the association cannot be
 made, every row of that destination waits for the same next attempt, so a PACS
@@ -24,6 +41,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +57,7 @@ from dicomnode.net import status as st
 from dicomnode.net.scu import AssociationFailed, Link, StoreOutcome, send_files
 from dicomnode.results.store import DELIVERED, FAILED, PENDING
 from dicomnode.storage.db import Database
-from dicomnode.storage.models import Delivery, Result, utcnow
+from dicomnode.storage.models import Delivery, Event, Result, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +98,112 @@ class _Due:
     sop_instance_uid: str
     kind: str
     attempts: int
+    study_instance_uid: str = ""
+    sop_class_uid: str = ""
+    job_id: int | None = None
 
 
-def _claim(db: Database, now: dt.datetime) -> list[_Due]:
+def claim_token() -> str:
+    """``host:pid:random``: the host and pid let a restarted node spot its dead claims."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _owner_dead(owner: str, host: str) -> bool:
+    """True when ``owner`` (``host:pid:random``) names a process of this host that is gone."""
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def release_dead_claims(db: Database, now: dt.datetime | None = None) -> int:
+    """Make due again the pending rows claimed by a process of this host that is gone.
+
+    A node killed with SIGKILL mid-send cannot give its claims back; without this its
+    rows would wait for the whole lease (:data:`CLAIM_SECONDS`).  Returns the count.
+    """
+    now = now or utcnow()
+    host = socket.gethostname()
+    with db.session() as session:  # a read first: the usual answer is "none"
+        held = session.execute(select(Delivery.id, Delivery.claimed_by).where(
+            Delivery.state == PENDING, Delivery.claimed_by != "")).all()
+    dead = [(i, owner) for i, owner in held if _owner_dead(owner, host)]
+    if not dead:
+        return 0
+    released = 0
+    with db.write() as session:
+        for delivery_id, owner in dead:
+            released += int(getattr(session.execute(
+                update(Delivery).where(Delivery.id == delivery_id, Delivery.claimed_by == owner,
+                                       Delivery.state == PENDING)
+                .values(claimed_by="", next_attempt_at=now)), "rowcount", 0))
+    if released:
+        logger.warning("%d deliveries claimed by a sender that died mid-send are due again "
+                       "(the destination may get some of them a second time, same SOP Instance UIDs)",
+                       released)
+    return released
+
+
+def _revive_exhausted(db: Database, now: dt.datetime) -> int:
+    """Put failed-but-waiting rows back in the queue when their destination is tried again.
+
+    They go back when their own next attempt (the capped backoff) is due, or as soon
+    as a newer row for the same destination is due: sending the newer one first would
+    break the destination's order.
+    """
+    waiting = and_(Delivery.state == FAILED, Delivery.next_attempt_at.is_not(None))
+    with db.session() as session:
+        names = set(session.scalars(select(Delivery.destination).where(waiting).distinct()))
+        if not names:
+            return 0
+        due = set(session.scalars(select(Delivery.destination).where(
+            Delivery.destination.in_(names),
+            or_(and_(waiting, Delivery.next_attempt_at <= now),
+                and_(Delivery.state == PENDING, Delivery.claimed_by == "",
+                     or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)))
+        ).distinct()))
+    if not due:
+        return 0
+    with db.write() as session:
+        n = int(getattr(session.execute(
+            update(Delivery).where(waiting, Delivery.destination.in_(due))
+            .values(state=PENDING, next_attempt_at=now)), "rowcount", 0))
+    if n:
+        logger.info("%d failed deliveries to %s are tried again, ahead of newer ones", n,
+                    ", ".join(sorted(due)))
+    return n
+
+
+def requeue_failed(db: Database, destination: str | None = None, now: dt.datetime | None = None) -> int:
+    """Operator's resend: every ``failed`` row (of ``destination``) is pending again, attempts reset.
+
+    Returns the number of rows queued again; they go in their creation order.
+    """
+    now = now or utcnow()
+    cond = Delivery.state == FAILED
+    if destination is not None:
+        cond = and_(cond, Delivery.destination == destination)
+    with db.write() as session:
+        n = int(getattr(session.execute(update(Delivery).where(cond).values(
+            state=PENDING, attempts=0, next_attempt_at=now, claimed_by="")), "rowcount", 0))
+    logger.info("%d failed deliveries queued again by the operator", n)
+    return n
+
+
+def _claim(db: Database, now: dt.datetime, token: str) -> list[_Due]:
     """Take the due rows (creation order) and push their next attempt a lease ahead."""
     lease = now + dt.timedelta(seconds=CLAIM_SECONDS)
     with db.write() as session:
         stmt = (
             select(Delivery.id, Delivery.destination, Result.path, Result.sop_instance_uid,
-                   Result.kind, Delivery.attempts)
+                   Result.kind, Delivery.attempts, Result.study_instance_uid,
+                   Result.sop_class_uid, Result.job_fk)
             .join(Result, Result.id == Delivery.result_fk)
             .where(Delivery.state == PENDING,
                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
@@ -98,44 +215,82 @@ def _claim(db: Database, now: dt.datetime) -> list[_Due]:
         rows = [_Due(*row) for row in session.execute(stmt).all()]
         if rows:
             session.execute(update(Delivery).where(Delivery.id.in_([r.delivery_id for r in rows]))
-                            .values(next_attempt_at=lease))
+                            .values(next_attempt_at=lease, claimed_by=token))
     return rows
 
 
+def _peer(settings: Settings, name: str) -> tuple[str, dict[str, Any]]:
+    """``AE@host:port`` of a destination and its audit detail."""
+    dest = _destination(settings, name)
+    if dest is None:
+        return "", {"destination": name}
+    return (f"{dest.aetitle}@{dest.host}:{dest.port}"[:64],
+            {"destination": name, "called_ae": dest.aetitle, "host": dest.host, "port": dest.port})
+
+
+def _audit(session: Any, settings: Settings, kind: str, due: _Due, detail: dict[str, Any],
+           now: dt.datetime) -> None:
+    """One audit Event for one delivery attempt (same transaction as the row's change)."""
+    peer, where = _peer(settings, due.destination)
+    session.add(Event(
+        at=now, kind=kind, calling_ae=settings.node.aetitle[:16], peer=peer,
+        study_instance_uid=due.study_instance_uid[:64], sop_instance_uid=due.sop_instance_uid[:64],
+        detail={**where, "delivery_id": due.delivery_id, "job_id": due.job_id,
+                "result_kind": due.kind, "sop_class_uid": due.sop_class_uid, **detail}))
+
+
 def _record(db: Database, settings: Settings, due: _Due, outcome: StoreOutcome | None,
-            error: str, now: dt.datetime, report: DeliveryReport) -> None:
-    """Write one attempt's result to its row (its own short transaction)."""
+            error: str, now: dt.datetime, report: DeliveryReport, *, unreachable: bool = False) -> None:
+    """Write one attempt's result to its row and its audit Event (one short transaction).
+
+    ``unreachable``: no association could be made (the destination is down), as
+    opposed to an object the destination refused; only those keep waiting for the
+    destination once their attempts are spent.
+    """
     status = outcome.status if outcome is not None else None
     with db.write() as session:
         row = session.get(Delivery, due.delivery_id)
         if row is None:  # deleted by retention meanwhile
             return
         row.last_status = status
+        row.claimed_by = ""
+        attempts = due.attempts + 1
         if outcome is not None and outcome.delivered:
             row.state = DELIVERED
             row.delivered_at = now
             row.next_attempt_at = None
             row.last_error = ""
-            row.attempts = due.attempts + 1
+            row.attempts = attempts
+            _audit(session, settings, "delivered", due, {"status": status, "attempt": attempts}, now)
             if status != st.SUCCESS:
                 logger.warning("delivered %s %s to %s with %s", due.kind, due.sop_instance_uid,
                                due.destination, st.describe(status or 0))
                 report.count(due.destination, "warnings")
             report.count(due.destination, "delivered")
             return
-        attempts = due.attempts + 1
         row.attempts = attempts
         row.last_error = (error or (outcome.describe() if outcome else "not sent"))[:2000]
         limit = settings.delivery.max_attempts
         if limit and attempts >= limit:
             row.state = FAILED
-            row.next_attempt_at = None
-            logger.error("delivery of %s %s to %s failed for good after %d attempts: %s",
-                         due.kind, due.sop_instance_uid, due.destination, attempts, row.last_error)
+            # Never dropped: a destination that is down is tried again at the capped
+            # backoff; an object it refused waits for the operator.
+            row.next_attempt_at = (now + dt.timedelta(seconds=backoff_seconds(settings, attempts))
+                                   if unreachable else None)
+            _audit(session, settings, "delivery-failed", due,
+                   {"status": status, "attempt": attempts, "error": row.last_error[:500],
+                    "waiting_for_destination": unreachable}, now)
+            logger.error("delivery of %s %s to %s failed after %d attempts: %s; %s",
+                         due.kind, due.sop_instance_uid, due.destination, attempts, row.last_error,
+                         f"the destination is tried again from {row.next_attempt_at.isoformat()}"
+                         if row.next_attempt_at else "it waits for an operator to send it again")
             report.count(due.destination, "failed")
             return
         delay = backoff_seconds(settings, attempts)
         row.next_attempt_at = now + dt.timedelta(seconds=delay)
+        if not (unreachable and outcome is None):  # no association: one Event for the group
+            _audit(session, settings, "delivery-retry", due,
+                   {"status": status, "attempt": attempts, "error": row.last_error[:500]}, now)
         logger.warning(
             "delivery of %s %s to %s failed (attempt %d): %s; next attempt at %s (in %g s)",
             due.kind, due.sop_instance_uid, due.destination, attempts, row.last_error,
@@ -175,7 +330,9 @@ def deliver_due(
     """
     now = now or utcnow()
     report = DeliveryReport()
-    due = _claim(db, now)
+    release_dead_claims(db, now)
+    _revive_exhausted(db, now)
+    due = _claim(db, now, claim_token())
     if not due:
         return report
     groups: dict[str, list[_Due]] = {}
@@ -207,16 +364,26 @@ def _send_group(db: Database, settings: Settings, dest: Destination, rows: list[
     try:
         outcomes = send_files(dest, [spool_root / r.path for r in present], link)
         for row, outcome in zip(present, outcomes, strict=False):
-            _record(db, settings, row, outcome, "", now, report)
+            # No response at all (association aborted or lost mid-stream) is the
+            # destination going away, not a refusal of this object.
+            lost = outcome.status is None and not outcome.error.startswith("not sent")
+            _record(db, settings, row, outcome, "", now, report, unreachable=lost)
             recorded.add(row.delivery_id)
             if outcome.delivered:
                 delivered.append(row)
     except AssociationFailed as exc:
         # No association: every row of the group waits for the same next attempt,
         # which keeps the destination's order when it comes back.
-        for row in present:
-            if row.delivery_id not in recorded:
-                _record(db, settings, row, None, str(exc), now, report)
+        left = [row for row in present if row.delivery_id not in recorded]
+        for row in left:
+            _record(db, settings, row, None, str(exc), now, report, unreachable=True)
+        if left:
+            with db.write() as session:
+                peer, where = _peer(settings, dest.name)
+                session.add(Event(at=now, kind="delivery-unreachable",
+                                  calling_ae=settings.node.aetitle[:16], peer=peer,
+                                  detail={**where, "objects": len(left), "error": str(exc)[:500],
+                                          "delivery_ids": [r.delivery_id for r in left][:100]}))
         return
     if dest.storage_commitment and delivered:
         _request_commitment(db, settings, dest, delivered, link, now)

@@ -11,7 +11,8 @@ retention sweep removes).
 
 A retried job re-creates objects with the same SOP Instance UIDs
 (:mod:`~dicomnode.results.uids`); those already stored are kept as they are, only
-missing Delivery rows are added, so nothing is sent twice.
+missing Delivery rows are added, so nothing is sent twice; Delivery rows that had
+``failed`` are queued again (that is how re-running a job resends its results).
 """
 from __future__ import annotations
 
@@ -170,12 +171,19 @@ def store_results(
                 session.add(row)
                 session.flush()
                 result_id, created = row.id, True
-            have = set(session.scalars(select(Delivery.destination).where(
-                Delivery.result_fk == result_id)))
+            have = {d.destination: d for d in session.scalars(select(Delivery).where(
+                Delivery.result_fk == result_id))}
             for name in destinations:
                 if name not in have:
                     session.add(Delivery(result_fk=result_id, destination=name, state=PENDING,
                                          created_at=now, next_attempt_at=now))
+                elif have[name].state == FAILED:
+                    # A job run again (``dicomnode jobs retry --force``) is how an operator
+                    # resends what a destination refused: the same object, attempts anew.
+                    row = have[name]
+                    row.state, row.attempts, row.next_attempt_at, row.claimed_by = PENDING, 0, now, ""
+                    logger.info("delivery of %s to %s queued again (it had failed: %s)",
+                                uid, name, row.last_error[:200])
             if obj.supersedes:
                 _supersede(session, uid, obj.supersedes, set(uids))
             out.append(StoredResult(result_id, uid, obj.kind, relative, created))

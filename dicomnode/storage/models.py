@@ -207,6 +207,9 @@ class Delivery(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     committed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    #: ``host:pid:random`` of the sender holding the row (empty when none); a restarted
+    #: node re-sends at once the rows whose owner process on its host is gone.
+    claimed_by: Mapped[str] = mapped_column(String(128), default="", server_default="")
 
 
 class ModelVersion(Base):

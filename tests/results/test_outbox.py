@@ -217,15 +217,20 @@ def test_warning_counts_as_delivered_and_a_refusal_retries_alone(db: Database, t
     assert pending_deliveries(db) == []
 
 
-def test_attempts_run_out_and_the_delivery_is_marked_failed(db: Database, tmp_path: Path) -> None:
+def test_attempts_run_out_and_the_delivery_is_marked_failed_but_not_dropped(db: Database,
+                                                                           tmp_path: Path) -> None:
     settings = _settings(free_port(), max_attempts=2)  # nobody listens there
     _store(db, tmp_path, [keyframes()], settings)
     deliver_due(db, settings, tmp_path, now=T0)
     report = deliver_due(db, settings, tmp_path, now=T0 + dt.timedelta(seconds=1))
     assert report.failed == 3
-    assert {(r.state, r.attempts, r.next_attempt_at) for r in _rows(db)} == {("failed", 2, None)}
+    # Failed (shown in status), and the destination is tried again at the capped backoff.
+    waiting = T0 + dt.timedelta(seconds=3)
+    assert {(r.state, r.attempts, r.next_attempt_at) for r in _rows(db)} == {("failed", 2, waiting)}
     assert [(s.pending, s.failed) for s in pending_summary(db)] == [(0, 3)]
-    assert deliver_due(db, settings, tmp_path, now=T0 + dt.timedelta(hours=1)).failed == 0
+    assert deliver_due(db, settings, tmp_path, now=T0 + dt.timedelta(seconds=2)).failed == 0
+    assert deliver_due(db, settings, tmp_path, now=T0 + dt.timedelta(hours=1)).failed == 3
+    assert {(r.state, r.attempts) for r in _rows(db)} == {("failed", 3)}
 
 
 def test_a_destination_missing_from_the_config_is_reported_not_dropped(db: Database,

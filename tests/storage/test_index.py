@@ -48,7 +48,7 @@ def test_opening_twice_does_not_migrate_again(database_url: str) -> None:
     open_database(database_url).dispose()
     db = open_database(database_url)
     with db.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == "0002"
     db.dispose()
 
 
@@ -181,5 +181,5 @@ def test_nodes_starting_together_migrate_one_index_once(postgres, tmp_path: Path
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     db = open_database(url)
     with db.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == "0002"
     db.dispose()
