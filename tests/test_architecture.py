@@ -73,6 +73,47 @@ def test_nothing_imports_the_cli() -> None:
     assert bad == []
 
 
+RECEIVER_CODE = """
+import socket, subprocess, sys, tempfile
+from pathlib import Path
+from dicomnode.app import Node
+from dicomnode.config import load_settings
+with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+settings = load_settings(None, overrides={"node": {"port": port, "bind": "127.0.0.1",
+                                                   "data_dir": tempfile.mkdtemp()},
+                                          "jobs": {"workers": 0}})
+node = Node(settings, roles=("receiver", "worker"))
+node.start()
+try:
+    res = subprocess.run(["/usr/bin/storescu", "-aec", "DICOMNODE", "127.0.0.1", str(port), *sys.argv[1:]],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    print(" ".join(sorted({m.split(".")[0] for m, v in sys.modules.items() if v is not None})))
+finally:
+    node.stop()
+"""
+
+
+def test_the_receiving_process_imports_neither_the_worker_side_nor_pydicoms_extras(tmp_path: Path) -> None:
+    """The receiver's memory bound (≤ 100 MB peak on a 2 GB instance): highdicom, numpy,
+    APScheduler and Alembic stay out of the process that holds the associations, also
+    after it received instances; the worker role runs in a child process."""
+    import subprocess
+    import sys
+
+    from dicom_factory import mr_series
+
+    files = mr_series(tmp_path / "push", n=2, rows=64, columns=64)
+    out = subprocess.run([sys.executable, "-c", RECEIVER_CODE, *map(str, files)], capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = set(out.stdout.split())
+    assert {"pydicom", "pynetdicom"} <= loaded  # it did receive
+    assert loaded & {"highdicom", "numpy", "apscheduler", "alembic", "mako", "requests", "torch"} == set()
+
+
 def test_the_receiver_process_does_not_import_torch_at_start() -> None:
     """The receiver's memory bound: torch lives in the worker processes only."""
     import subprocess

@@ -44,12 +44,14 @@ from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.errors import ConfigError, DicomNodeError, OutOfResourcesError
 from dicomnode.net import status
 from dicomnode.net.contexts import VERIFICATION_UID, storage_contexts
+from dicomnode.net.scu import CommitmentReport, commitment_report_handler
 from dicomnode.storage.db import Database
 from dicomnode.storage.ingest import Ingestor, uid_problem, valid_uid
 from dicomnode.storage.models import Event
@@ -278,10 +280,16 @@ class Receiver:
         The index.
     spool : Spool
         The spool.
+    on_commitment : callable, optional
+        Called with each Storage Commitment report (N-EVENT-REPORT) a destination
+        sends back on an association of its own (PS3.4 J.3.3); the node passes the
+        outbox's ``record_commitment``.  Without it such reports are refused.
     """
 
-    def __init__(self, settings: Settings, db: Database, spool: Spool) -> None:
+    def __init__(self, settings: Settings, db: Database, spool: Spool,
+                 on_commitment: Callable[[CommitmentReport], None] | None = None) -> None:
         self.settings = settings
+        self.on_commitment = on_commitment
         self.db = db
         self.spool = spool
         node = settings.node
@@ -311,6 +319,9 @@ class Receiver:
         self.ae.add_supported_context(VERIFICATION_UID)
         for cx in storage_contexts():
             self.ae.add_supported_context(str(cx.abstract_syntax), cx.transfer_syntax)
+        # The commitment report arrives with the destination as the SOP class's SCP
+        # and us as its SCU (PS3.4 J.3.3): accept that role if it is proposed.
+        self.ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
 
     # -- pynetdicom wiring ------------------------------------------------------
     def _install_pynetdicom_switches(self) -> None:
@@ -337,13 +348,16 @@ class Receiver:
         return rf
 
     def handlers(self) -> list[Any]:
-        return [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_CONN_OPEN, self.handle_conn_open),
             (evt.EVT_CONN_CLOSE, self.handle_conn_close),
             (evt.EVT_REJECTED, self.handle_rejected),
         ]
+        if self.on_commitment is not None:
+            handlers.append(commitment_report_handler(self.on_commitment))
+        return handlers
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context (PS3.15 B.1), or None when TLS is off.

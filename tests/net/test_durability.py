@@ -91,7 +91,8 @@ def test_2gb_instance_is_received_with_bounded_memory(node: NodeProcess, tmp_pat
     assert res.returncode == 0, res.stderr
     peak = _peak_rss_mb(node.proc.pid)
     print(f"node peak RSS {peak:.0f} MB (before the push {before:.0f} MB)")
-    assert peak < 200, f"peak RSS {peak:.0f} MB"
+    # Issue #10's target for the receiving process (the worker role runs in a child).
+    assert peak <= 100, f"peak RSS {peak:.0f} MB (before the push {before:.0f} MB)"
     [(rel, size, sha)] = index_rows(node).values()
     stored = node.data_dir / "spool" / rel
 
