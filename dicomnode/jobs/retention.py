@@ -1,8 +1,9 @@
 """Retention: delete studies (spool files and rows) older than ``retention.days``.
 
 A study goes only when nothing about it is pending: it is ``routed`` (not receiving
-or waiting to be routed), every job of it is finished, and no delivery of its
-results is still pending.  Rows go first, in one transaction, then the files: a
+or waiting to be routed), every job of it is finished, and every delivery of its
+results is delivered (a ``failed`` one is undelivered data: it waits for its
+destination or an operator, and keeps its study).  Rows go first, in one transaction, then the files: a
 crash in between leaves unreferenced files (harmless), never rows that point at
 deleted files.  The audit trail (``event``) is kept, with one row per deletion.
 """
@@ -39,7 +40,7 @@ def _deletable(db: Database, cutoff: dt.datetime) -> list[tuple[int, str]]:
     busy_job = exists().where(Job.study_instance_uid == Study.study_instance_uid,
                               Job.state.in_(UNFINISHED))
     busy_delivery = exists().where(Result.study_instance_uid == Study.study_instance_uid,
-                                   Delivery.result_fk == Result.id, Delivery.state == "pending")
+                                   Delivery.result_fk == Result.id, Delivery.state != "delivered")
     with db.session() as s:
         return [(r.id, r.study_instance_uid) for r in s.execute(
             select(Study.id, Study.study_instance_uid).where(
@@ -63,7 +64,7 @@ def delete_study(db: Database, spool: Spool, study_id: int, cutoff: dt.datetime)
             return None
         if s.scalar(select(exists().where(Result.study_instance_uid == uid,
                                           Delivery.result_fk == Result.id,
-                                          Delivery.state == "pending"))):
+                                          Delivery.state != "delivered"))):
             return None
         series_ids = list(s.scalars(select(Series.id).where(Series.study_fk == study_id)))
         paths = list(s.scalars(select(Instance.path).where(Instance.series_fk.in_(series_ids))))

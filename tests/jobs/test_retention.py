@@ -81,22 +81,24 @@ def test_only_old_studies_with_nothing_pending_are_deleted_with_their_files(
     old, old_files = _study(settings, db, spool, 40, "done", "delivered")
     running, _ = _study(settings, db, spool, 40, "running", "delivered")
     sending, _ = _study(settings, db, spool, 40, "done", "pending")
+    undelivered, kept_files = _study(settings, db, spool, 40, "done", "failed")
     young, _ = _study(settings, db, spool, 5, "done", "delivered")
     assert all(p.exists() for p in old_files)
 
     assert sweep_retention(db, settings) == [old]
     assert not _exists(db, old)
-    assert all(_exists(db, s) for s in (running, sending, young))
+    assert all(_exists(db, s) for s in (running, sending, undelivered, young))
+    assert all(p.exists() for p in kept_files)  # a failed delivery is undelivered data
     assert not any(p.exists() for p in old_files)
     with db.session() as s:
         for model, column in ((Job, Job.study_instance_uid), (Result, Result.study_instance_uid)):
             assert s.scalar(select(func.count()).select_from(model).where(column == old)) == 0
-        assert s.scalar(select(func.count()).select_from(Series)) == 3
-        assert s.scalar(select(func.count()).select_from(Delivery)) == 3
+        assert s.scalar(select(func.count()).select_from(Series)) == 4
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 4
         assert s.scalar(select(func.count()).select_from(Patient)) == 1  # shared by the others
         (event,) = s.scalars(select(Event).where(Event.kind == "study-deleted")).all()
     assert event.study_instance_uid == old and event.detail["reason"] == "retention"
 
     settings.retention.days = 0  # keep forever
     assert sweep_retention(db, settings, utcnow() + dt.timedelta(days=3650)) == []
-    assert all(_exists(db, s) for s in (running, sending, young))
+    assert all(_exists(db, s) for s in (running, sending, undelivered, young))
