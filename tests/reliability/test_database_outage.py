@@ -29,7 +29,7 @@ from dicom_factory import make_dataset, uid, write
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from results.test_outbox import storage_scp
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from dicomnode.net import status as st
 from dicomnode.storage.db import open_database
@@ -94,12 +94,7 @@ def test_index_unavailable_mid_load_answers_out_of_resources_and_resumes(
     node_settings: dict[str, Any] = {}
     if fault == "postgresql-restarted":
         pg = request.getfixturevalue("postgres")
-        name = f"outage{time.monotonic_ns()}"
-        admin = create_engine(pg.url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        node_settings["database_url"] = pg.url.rsplit("/", 1)[0] + f"/{name}"
+        node_settings["database_url"] = request.getfixturevalue("pg_database_url")
     pacs_port = free_port()
     study, series = uid(), uid()
     files = [write(make_dataset(study_uid=study, series_uid=series, SeriesDescription="echo outage",
