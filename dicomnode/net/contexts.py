@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 #: Verification (C-ECHO).
 VERIFICATION_UID = str(Verification)
@@ -31,7 +31,7 @@ def preferred_transfer_syntaxes() -> list[str]:
 def storage_contexts() -> list[PresentationContext]:
     """One context per storage SOP class, each offering all known transfer syntaxes."""
     syntaxes = preferred_transfer_syntaxes()
-    return [build_context(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
+    return [build_context(str(cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts]
 
 
 def storage_sop_classes() -> list[str]:
