@@ -72,7 +72,12 @@ SECOND = Code("s", "UCUM", "s")
 # ---------------------------------------------------------------------------
 
 IMAGING_MEASUREMENT_REPORT = Code("126000", "DCM", "Imaging Measurement Report")  # CID 7021
+#: TID 2000 root of the node's summary SR (image-level findings in words); the meaning
+#: as CID 7000 spells it (PixelMed warns on any other).
+DIAGNOSTIC_IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic Imaging Report")
+FINDINGS = Code("121070", "DCM", "Findings")  # CID 7001 section heading
 DEVICE = Code("121007", "DCM", "Device")  # CID 270, observer type
+MEASUREMENT_GROUP = Code("125007", "DCM", "Measurement Group")
 FINDING = Code("121071", "DCM", "Finding")
 FINDING_SITE = Code("363698007", "SCT", "Finding Site")
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")  # CID 6048, in %
@@ -81,6 +86,8 @@ ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")
 ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
 ALGORITHM_PARAMETERS = Code("111002", "DCM", "Algorithm Parameters")
 SOURCE_OF_MEASUREMENT = Code("121112", "DCM", "Source of Measurement")
+#: A group's readable text: OHIF 3.13 prints a TEXT of this concept as an SR label's first line.
+COMMENT = Code("121106", "DCM", "Comment")
 IMAGE_REGION = Code("111030", "DCM", "Image Region")
 #: Stone Web Viewer draws a SCOORD only when its source image item has this concept name.
 ORIGINAL_SOURCE = Code("111040", "DCM", "Original Source")

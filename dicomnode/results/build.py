@@ -3,10 +3,10 @@
 :func:`build_results` is the job runner's entry point.  It decides which documents
 exist and what identifies them; :mod:`~dicomnode.results.sr`,
 :mod:`~dicomnode.results.sc`, :mod:`~dicomnode.results.kos` and
-:mod:`~dicomnode.results.gspr` build each one.
+:mod:`~dicomnode.results.gspr` build each one (the summary SR too comes from ``sr``).
 
-Objects come back in delivery order: Secondary Captures, then the SR(s), then the
-KOS and GSPS that reference images, so a PACS has each referenced object before the
+Objects come back in delivery order: Secondary Captures, then the SR(s) and the
+optional summary SR, then the KOS and GSPS that reference images, so a PACS has each referenced object before the
 document pointing at it.
 """
 from __future__ import annotations
@@ -24,12 +24,13 @@ from pydicom.dataset import Dataset
 import dicomnode
 from ai.core.contract import Findings, RenderedImage
 from dicomnode.config import Settings
+from dicomnode.results.codes import code_of, codes
 from dicomnode.results.device import Device, Placement
 from dicomnode.results.gspr import build_gsps
 from dicomnode.results.kos import build_kos, frames_by_instance
 from dicomnode.results.sc import build_sc
 from dicomnode.results.sources import SourceIndex, read_header
-from dicomnode.results.sr import SR_SOP_CLASSES, build_sr
+from dicomnode.results.sr import SR_SOP_CLASSES, build_sr, build_summary, is_summary
 from dicomnode.results.srread import content_items
 from dicomnode.results.uids import ResultIdentity, device_uid
 
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 SR, SC, KO, PR = "SR", "SC", "KO", "PR"
 #: Series Number of each kind's new series: AI output sorts after acquired series.
 SERIES_NUMBERS = {SR: 901, SC: 902, KO: 903, PR: 904}
+#: The summary SR (``BuildOptions.summary_sr``) has a series of its own, so a viewer
+#: lists it as a row of its own ("AI <module>: summary"); UIDs derive from this name.
+SUMMARY, SUMMARY_SERIES_NUMBER = "SR-summary", 905
 #: Instance index of the two possible SRs within the job's SR series.
 IMAGE_SR, ROI_SR = 0, 1
 
@@ -55,10 +59,15 @@ class BuildOptions:
     gsps : bool
         Also write a Grayscale Softcopy Presentation State with the landmark points,
         for viewers that draw no SR graphics (Weasis).
+    summary_sr : bool
+        Also write the image-level findings as sentences in a TID 2000 Enhanced SR
+        (:func:`~dicomnode.results.sr.build_summary`), which OHIF shows as text where the TID
+        1500 SR's labels of several image-level findings overlap.
     """
 
     sr_storage: str = "comprehensive"
     gsps: bool = False
+    summary_sr: bool = False
 
     def __post_init__(self) -> None:
         if self.sr_storage not in SR_SOP_CLASSES:
@@ -122,7 +131,16 @@ def node_device(settings: Settings) -> Device:
 
 
 def _has_scoord(ds: Dataset) -> bool:
-    return any(item.get("ValueType") == "SCOORD" for item in content_items(ds))
+    """Whether ``ds`` is a point SR: a measurement group holding a SCOORD itself (TID 1410).
+
+    Image-level groups have SCOORDs too, one level down (a NUM's whole-frame region).
+    """
+    return any(
+        item.get("ValueType") == "CONTAINER"
+        and code_of(item.ConceptNameCodeSequence[0]).value == codes.MEASUREMENT_GROUP.value
+        and any(child.get("ValueType") == "SCOORD" for child in item.get("ContentSequence", []))
+        for item in content_items(ds)
+    )
 
 
 def _description(module: str, what: str) -> str:
@@ -162,7 +180,7 @@ def build_results(
     Returns
     -------
     list of ResultObject
-        In delivery order: SCs, SR(s), KOS, GSPS.
+        In delivery order: SCs, SR(s), summary SR, KOS, GSPS.
 
     Raises
     ------
@@ -196,6 +214,12 @@ def build_results(
 
     image_level = [f for f in findings.findings if f.point is None]
     points = [f for f in findings.findings if f.point is not None]
+    # Earlier summaries are superseded by the new summary, else by the SRs below.
+    summary_preds = [p for p in predecessors if is_summary(p)]
+    if options.summary_sr and image_level:
+        predecessors = [p for p in predecessors if not is_summary(p)]
+    else:
+        summary_preds = []
     roi_preds = [p for p in predecessors if _has_scoord(p)]
     image_preds = [p for p in predecessors if not _has_scoord(p)]
     # A predecessor without a counterpart still gets superseded by whichever SR exists.
@@ -221,6 +245,18 @@ def build_results(
             findings=findings_json(dataclasses.replace(findings, findings=tuple(selected))),
         ))
         logger.debug("built %s SR %s with %d groups", what, sr.SOPInstanceUID, len(selected))
+
+    if options.summary_sr and image_level:
+        summary = build_summary(
+            image_level, index, device,
+            Placement(identity.series_uid(SUMMARY), SUMMARY_SERIES_NUMBER,
+                      identity.sop_uid(SUMMARY, 0), 1, _description(module, "summary")),
+            predecessors=summary_preds,
+        )
+        out.append(ResultObject(
+            SR, summary, module, supersedes=tuple(str(p.SOPInstanceUID) for p in summary_preds),
+            findings={"summary": [f.tracking_id for f in image_level]},
+        ))
 
     if findings.key_frames:
         frames = frames_by_instance(findings.key_frames)

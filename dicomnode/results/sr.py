@@ -10,10 +10,19 @@ Per finding, one measurement group::
     Tracking Identifier (readable text, viewers show it) + Tracking Unique Identifier
     Finding [+ Finding Site]
     Algorithm Name / Version / Parameters ("sha256=…")           TID 4019
-    NUM Certainty of Finding (%)          └ INFERRED FROM IMAGE (source, frames)
-    NUM per measurement (UCUM)            └ INFERRED FROM IMAGE (source, its frames)
+    NUM Certainty of Finding (%)          └ INFERRED FROM (see below: source, frames)
+    NUM per measurement (UCUM)            └ INFERRED FROM (source, its frames)
     CODE per evaluation                   [└ HAS PROPERTIES NUM certainty]
     1501: IMAGE Source of Measurement (frames)   1410: SCOORD POINT └ SELECTED FROM IMAGE
+    1501: TEXT Comment = the Tracking Identifier text
+
+A NUM of a 1410 group is INFERRED FROM the IMAGE; a NUM of a 1501 group is INFERRED
+FROM a SCOORD (111030, "Image Region") POLYLINE around the whole frame, SELECTED FROM
+the image, one per frame named (none named: every frame).  That says the same thing —
+inferred from the whole image — in the form OHIF 3.13 can open: it places every
+measurement by its first SCOORD and failed ("Something went wrong") on image-level
+groups without one.  OHIF then outlines the frame and labels it with the Comment's
+text and each NUM (deploy/viewer/README.md).
 
 The group's Certainty of Finding is :attr:`Finding.confidence`, or the confidence of
 its one confident evaluation or measurement.  When several evaluations carry their
@@ -25,6 +34,9 @@ only as the group's certainty: with :attr:`Finding.confidence` set (the keyframe
 module gives the lowest of its three) they stay in the index's findings JSON; with
 none set and several confident measurements :func:`build_sr` raises rather than
 pick one.  :func:`dicomnode.results.srread.read_findings` reads it all back.
+
+:func:`build_summary` (at the end) writes the optional summary SR: the image-level
+findings as sentences in a TID 2000 Enhanced SR, which OHIF shows as text.
 """
 from __future__ import annotations
 
@@ -33,15 +45,16 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
+from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
 
 from ai.core.contract import (
     Finding,
     Findings,
     ImageReference,
 )
-from dicomnode.results.codes import codes, coding_scheme_items, concept, private_schemes_in
+from dicomnode.results.codes import code_of, codes, coding_scheme_items, concept, private_schemes_in
 from dicomnode.results.device import Device, Placement
 from dicomnode.results.sources import SourceIndex, library_entry
 
@@ -66,13 +79,40 @@ def percent(confidence: float) -> float:
     return round(value * 100.0, 3)
 
 
-def _certainty(value: float, refs: Sequence[ImageReference]) -> hd.sr.Measurement:
+def _certainty(value: float, refs: Sequence[ImageReference], sources: SourceIndex) -> hd.sr.Measurement:
     return hd.sr.Measurement(
         name=concept(codes.CERTAINTY_OF_FINDING),
         value=percent(value),
         unit=concept(codes.PERCENT),
-        referenced_images=[_measurement_source(r, r.frame_numbers) for r in refs],
+        referenced_coordinates=[c for r in refs for c in _whole_frame(r, r.frame_numbers, sources)],
     )
+
+
+def _whole_frame(ref: ImageReference, frames: Sequence[int],
+                 sources: SourceIndex) -> list[hd.sr.CoordinatesForMeasurement]:
+    """INFERRED FROM SCOORD (111030) POLYLINE around the whole frame, one per frame.
+
+    An image-level finding is inferred from the whole image; saying so as a region
+    (rather than INFERRED FROM IMAGE) is what OHIF 3.13 needs to open the SR at all: it
+    takes every measurement's place from its first SCOORD and throws without one
+    (deploy/viewer/README.md).  One SCOORD per frame, because OHIF matches a single
+    ReferencedFrameNumber; none named means the region on every frame.  SCOORD pixel
+    coordinates run from the outer corner of the first pixel (PS3.3 C.18.6.1.1), so the
+    frame is ``0..Columns`` x ``0..Rows``.
+    """
+    header = sources.get(ref)
+    cols, rows = float(header.Columns), float(header.Rows)
+    corners = np.array([[0.0, 0.0], [cols, 0.0], [cols, rows], [0.0, rows], [0.0, 0.0]])
+    return [
+        hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=corners,
+            source_image=hd.sr.SourceImageForRegion(
+                ref.sop_class_uid, ref.sop_instance_uid, None if frame is None else [frame]),
+            purpose=concept(codes.IMAGE_REGION),
+        )
+        for frame in ([*frames] if frames else [None])
+    ]
 
 
 def _measurement_source(ref: ImageReference, frames: Sequence[int]) -> hd.sr.SourceImageForMeasurement:
@@ -119,22 +159,33 @@ def group_confidence(finding: Finding) -> tuple[float | None, bool]:
     return None, bool(evaluations)
 
 
-def _measurements(finding: Finding) -> list[hd.sr.Measurement]:
+def _measurements(finding: Finding, sources: SourceIndex) -> list[hd.sr.Measurement]:
     out = []
     confidence, _ = group_confidence(finding)
+    image_level = finding.point is None
     if confidence is not None:
-        out.append(_certainty(confidence, finding.references))
+        if image_level:
+            out.append(_certainty(confidence, finding.references, sources))
+        else:
+            out.append(hd.sr.Measurement(
+                name=concept(codes.CERTAINTY_OF_FINDING), value=percent(confidence),
+                unit=concept(codes.PERCENT),
+                referenced_images=[_measurement_source(r, r.frame_numbers) for r in finding.references],
+            ))
     for m in finding.measurements:
-        # Every NUM gets an INFERRED FROM image: OHIF before PR #5703 reads each NUM's
+        # Every NUM has an INFERRED FROM child: OHIF before PR #5703 reads each NUM's
         # ContentSequence without a check (results-notes §5).  A measurement read off
-        # given frames points at those; otherwise at the whole source instance.
-        num = hd.sr.Measurement(
-            name=concept(m.concept),
-            value=float(m.value),
-            unit=concept(m.unit),
-            referenced_images=[_measurement_source(r, m.frame_numbers) for r in finding.references],
-        )
-        out.append(num)
+        # given frames points at those; otherwise at the whole source instance.  In an
+        # image-level group it is the whole-frame region (see _whole_frame); TID 320
+        # allows the IMAGE or the SCOORD row, not both (PixelMed reports it).
+        if image_level:
+            where: dict[str, Any] = {"referenced_coordinates": [
+                c for r in finding.references for c in _whole_frame(r, m.frame_numbers, sources)]}
+        else:
+            where = {"referenced_images": [_measurement_source(r, m.frame_numbers)
+                                           for r in finding.references]}
+        out.append(hd.sr.Measurement(
+            name=concept(m.concept), value=float(m.value), unit=concept(m.unit), **where))
     return out
 
 
@@ -168,11 +219,11 @@ def _group(
             version=findings.model_version,
             parameters=[f"sha256={findings.model_sha256}"] if findings.model_sha256 else None,
         ),
-        measurements=_measurements(finding) or None,
+        measurements=_measurements(finding, sources) or None,
         qualitative_evaluations=_evaluations(finding, per_item) or None,
     )
     if finding.point is None:
-        return hd.sr.MeasurementsAndQualitativeEvaluations(
+        image_group = hd.sr.MeasurementsAndQualitativeEvaluations(
             source_images=[
                 hd.sr.SourceImageForMeasurementGroup(
                     r.sop_class_uid, r.sop_instance_uid, list(r.frame_numbers) or None)
@@ -180,6 +231,13 @@ def _group(
             ],
             **common,
         )
+        # OHIF labels a group by its NUMs only, plus a Comment's text as the first line:
+        # the readable Tracking Identifier goes there too, so the label says what was
+        # found ("mTICI 2b (82 %)"), not only "Certainty of Finding: 82 %".
+        image_group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=concept(codes.COMMENT), value=finding.tracking_id,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        return image_group
     if len(finding.references) != 1:
         raise ValueError(
             f"finding {finding.tracking_id!r}: a point lies on one image, "
@@ -289,3 +347,106 @@ def build_sr(
         coding_schemes=coding_scheme_items(schemes) or None,
     )
     return sr
+
+
+# ---------------------------------------------------------------------------
+# The summary SR (BuildOptions.summary_sr): a job's image-level findings in words,
+# as a TID 2000 Basic Diagnostic Imaging Report.
+# ---------------------------------------------------------------------------
+# The TID 1500 SR above stays the machine-readable result.  This document says the same findings as sentences, for viewers that show an SR as
+# text: OHIF 3.13 draws a TID 1500 SR on its image and can only stack the labels of
+# image-level groups on one whole-frame outline, where they overlap; any SR whose root
+# is not (126000, DCM) it shows in its text view, where this one reads::
+#
+#     Diagnostic Imaging Report
+#       Findings
+#         mTICI 2b (82 %)
+#         Successful reperfusion: yes (95 %)
+#
+# Stone Web Viewer and Weasis render SR text the same way.  Content::
+#
+#     CONTAINER (18748-4, LN, "Diagnostic Imaging Report")   TID 2000, SEPARATE
+#      ├ HAS CONCEPT MOD  Language (en-US)
+#      ├ HAS OBS CONTEXT  Observer Type = Device (TID 1004, the node)
+#      └ CONTAINS CONTAINER (121070, DCM, "Findings")
+#          └ CONTAINS TEXT (121071, DCM, "Finding") = a finding's Tracking Identifier text
+#
+# It is an Enhanced SR (88.22): TID 2000 needs neither SCOORD nor by-reference
+# relationships, and readers that look for the node's TID 1500 document by its
+# Comprehensive SR class (88.33/88.34) do not mistake it for one.
+
+#: Only these SRs of the node have this root; :func:`is_summary` tells them apart.
+SUMMARY_SOP_CLASS = EnhancedSRStorage
+
+
+def is_summary(sr: Dataset) -> bool:
+    """Whether ``sr`` is a summary this module wrote (an Enhanced SR rooted in 18748-4)."""
+    names = sr.get("ConceptNameCodeSequence") or []
+    if str(sr.get("SOPClassUID", "")) != SUMMARY_SOP_CLASS or not names:
+        return False
+    root = code_of(names[0])
+    return (root.value, root.scheme) == (codes.DIAGNOSTIC_IMAGING_REPORT.value,
+                                         codes.DIAGNOSTIC_IMAGING_REPORT.scheme)
+
+
+def build_summary(
+    selected: Sequence[Finding],
+    sources: SourceIndex,
+    device: Device,
+    placement: Placement,
+    *,
+    predecessors: Sequence[Dataset] = (),
+) -> hd.sr.EnhancedSR:
+    """One TID 2000 report stating each finding's Tracking Identifier text.
+
+    Parameters
+    ----------
+    selected : sequence of Finding
+        The image-level findings of the job (those of the TID 1500 image-level SR).
+    sources : SourceIndex
+        Headers of the job's inputs; the report joins their study and lists the
+        referenced ones as evidence.
+    device : Device
+        The node as observer and equipment.
+    placement : Placement
+        The summary's series and instance.
+    predecessors : sequence of Dataset
+        Earlier summaries this one supersedes (Predecessor Documents Sequence).
+
+    Returns
+    -------
+    highdicom.sr.EnhancedSR
+        The document.
+    """
+    if not selected:
+        raise ValueError("build_summary: no findings to state")
+    root = hd.sr.ContainerContentItem(
+        name=concept(codes.DIAGNOSTIC_IMAGING_REPORT), is_content_continuous=False,
+        template_id="2000",
+    )
+    findings = hd.sr.ContainerContentItem(
+        name=concept(codes.FINDINGS), is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    findings.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(name=concept(codes.FINDING), value=f.tracking_id,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for f in selected
+    ])
+    root.ContentSequence = hd.sr.ContentSequence([
+        *hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE),
+        *hd.sr.ObservationContext(observer_device_context=device.observer_context()),
+        findings,
+    ])
+    referenced = sources.resolve([r for f in selected for r in f.references])
+    return hd.sr.EnhancedSR(
+        # evidence[0] decides the study: a source of the reported study (pitfall §7).
+        evidence=referenced,
+        content=root,
+        **placement.kwargs(),
+        **device.equipment(),
+        is_complete=True,
+        is_final=False,  # AI output: PRELIMINARY and UNVERIFIED until a person signs it
+        is_verified=False,
+        previous_versions=list(predecessors) or None,
+    )

@@ -45,6 +45,25 @@ def _image_refs(item: Dataset) -> list[ImageReference]:
     return out
 
 
+def _measurement_frames(m: hd.sr.Measurement) -> tuple[int, ...]:
+    """The frames a NUM was read off, on its first source image.
+
+    Point groups name them on an INFERRED FROM IMAGE; image-level groups on the
+    SELECTED FROM image of whole-frame SCOORDs, one SCOORD per frame (sr._whole_frame).
+    """
+    refs = m.referenced_images
+    if refs:
+        return tuple(int(f) for f in (refs[0].referenced_frame_numbers or ()))
+    frames: list[int] = []
+    first: str | None = None
+    for region in m.referenced_coordinates or ():
+        for image in _image_refs(region):
+            first = first or image.sop_instance_uid
+            if image.sop_instance_uid == first:
+                frames.extend(image.frame_numbers)
+    return tuple(frames)
+
+
 def content_items(ds: Dataset) -> Iterator[Dataset]:
     """Every content item of an SR tree, depth first in document order."""
     for item in ds.get("ContentSequence", []):
@@ -87,11 +106,8 @@ def read_findings(sr: Dataset) -> list[Finding]:
             if name == _CERTAINTY:
                 confidence = float(m.value) / 100.0
                 continue
-            frames: tuple[int, ...] = ()
-            refs = m.referenced_images
-            if refs and refs[0].referenced_frame_numbers:
-                frames = tuple(int(f) for f in refs[0].referenced_frame_numbers)
-            measurements.append(Measurement(name, float(m.value), code_of(m.unit), None, frames))
+            measurements.append(Measurement(name, float(m.value), code_of(m.unit), None,
+                                            _measurement_frames(m)))
         # highdicom rebuilds QualitativeEvaluation items without their children, so the
         # CODE items are read from the group itself, less the template's own rows.
         evaluations = [

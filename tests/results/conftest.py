@@ -12,6 +12,7 @@ from results.scenarios import Scenario, keyframes, mtici, quality, spine
 
 from dicomnode.config import Settings
 from dicomnode.results.build import BuildOptions, ResultObject, build_results
+from dicomnode.results.sr import is_summary
 
 
 def make_settings(**sections: dict) -> Settings:
@@ -35,6 +36,13 @@ class Built:
 
     def of_kind(self, kind: str) -> list[tuple[ResultObject, Path]]:
         return [(o, self.files[o.sop_instance_uid]) for o in self.objects if o.kind == kind]
+
+    def reports(self) -> list[tuple[ResultObject, Path]]:
+        """The TID 1500 SRs (every SR but the summary)."""
+        return [(o, p) for o, p in self.of_kind("SR") if not is_summary(o.dataset)]
+
+    def summaries(self) -> list[tuple[ResultObject, Path]]:
+        return [(o, p) for o, p in self.of_kind("SR") if is_summary(o.dataset)]
 
     @property
     def study_instance_uid(self) -> str:
@@ -60,16 +68,17 @@ def build_and_write(scenario: Scenario, settings: Settings, directory: Path,
 @pytest.fixture(scope="module")
 def all_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
     """Every module kind built once: quality and mtici share a DSA study; quality again as
-    Comprehensive 3D SR in a study of its own; keyframes; spine (with its GSPS)."""
+    Comprehensive 3D SR in a study of its own; keyframes; spine (with its GSPS).  The
+    image-level kinds with their summary SR, except quality3d (the default: none)."""
     settings = make_settings()
     dsa = StudyHeader(study_description="Thrombectomy")
     root = tmp_path_factory.mktemp("results")
     makers: dict[str, Callable[[], tuple[Scenario, BuildOptions]]] = {
-        "quality": lambda: (quality(dsa), BuildOptions()),
-        "mtici": lambda: (mtici(dsa), BuildOptions()),
+        "quality": lambda: (quality(dsa), BuildOptions(summary_sr=True)),
+        "mtici": lambda: (mtici(dsa), BuildOptions(summary_sr=True)),
         "quality3d": lambda: (quality(StudyHeader(study_description="DSA")),
                               BuildOptions(sr_storage="comprehensive3d")),
-        "keyframes": lambda: (keyframes(), BuildOptions()),
+        "keyframes": lambda: (keyframes(), BuildOptions(summary_sr=True)),
         "spine": lambda: (spine(), BuildOptions(gsps=True)),
     }
     out = {}

@@ -7,14 +7,16 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
 from results.conftest import Built, build_and_write, make_settings
 from results.scenarios import keyframes, quality, spine
 
 from ai.core import codes
 from ai.core.contract import Finding, ImageReference, Measurement, RenderedImage
-from dicomnode.results.build import build_results
+from dicomnode.results.build import BuildOptions, build_results
+from dicomnode.results.sr import is_summary
 from dicomnode.results.srread import canonical, content_items, read_findings
+from dicomnode.results.store import encode
 from dicomnode.results.uids import device_uid
 
 
@@ -22,12 +24,19 @@ def _code(item: pydicom.Dataset) -> tuple[str, str]:
     return (str(item.CodeValue), str(item.CodingSchemeDesignator))
 
 
+def _group_scoords(sr: pydicom.Dataset) -> int:
+    """SCOORDs held by measurement groups themselves (TID 1410 regions)."""
+    return sum(1 for g in content_items(sr) if g.ValueType == "CONTAINER"
+               and _code(g.ConceptNameCodeSequence[0]) == ("125007", "DCM")
+               for c in g.ContentSequence if c.ValueType == "SCOORD")
+
+
 @pytest.mark.parametrize("name", ["quality", "mtici", "quality3d", "keyframes", "spine"])
 def test_srread_gives_back_the_module_findings(all_results: dict[str, Built], name: str) -> None:
     built = all_results[name]
     expected = [canonical(f) for f in built.scenario.findings.findings]
     back: list[Finding] = []
-    for _, path in built.of_kind("SR"):
+    for _, path in built.reports():
         back.extend(read_findings(hd.sr.srread(path)))
     assert back == expected
 
@@ -43,8 +52,9 @@ def test_image_level_and_point_findings_go_into_separate_srs(tmp_path) -> None:
     objects = build_results(findings, [], scenario.sources, make_settings())
     srs = [o.dataset for o in objects if o.kind == "SR"]
     assert len(srs) == 2
-    scoord = [any(i.ValueType == "SCOORD" for i in content_items(sr)) for sr in srs]
-    assert scoord == [False, True]
+    # Only the point SR's groups hold a SCOORD themselves (TID 1410); the image-level
+    # groups' SCOORDs are their NUMs' whole-frame regions.
+    assert [_group_scoords(sr) for sr in srs] == [0, 11]
     assert [len(read_findings(sr)) for sr in srs] == [1, 11]
 
 
@@ -52,7 +62,7 @@ def test_sr_has_the_tid1500_structure_results_md_asks_for(all_results: dict[str,
     settings = make_settings()
     for name, built in all_results.items():
         source = built.scenario.sources[0]
-        for obj, _ in built.of_kind("SR"):
+        for obj, _ in built.reports():
             sr = obj.dataset
             assert sr.StudyInstanceUID == source.StudyInstanceUID
             assert sr.SeriesInstanceUID not in {s.SeriesInstanceUID for s in built.scenario.sources}
@@ -78,10 +88,30 @@ def test_sr_has_the_tid1500_structure_results_md_asks_for(all_results: dict[str,
                         ("111003", "DCM"), ("111002", "DCM")} <= set(children)
                 assert children[("111001", "DCM")].TextValue == built.scenario.findings.module
                 assert children[("111002", "DCM")].TextValue == "sha256=" + "3f" * 32
+                point_group = any(c.ValueType == "SCOORD" for c in group.ContentSequence)
                 for num in (c for c in group.ContentSequence if c.ValueType == "NUM"):
-                    # Every NUM is INFERRED FROM an image (older OHIF reads it unchecked).
-                    assert any(c.ValueType == "IMAGE" and c.RelationshipType == "INFERRED FROM"
-                               for c in num.ContentSequence)
+                    # Every NUM has an INFERRED FROM child (older OHIF reads it unchecked):
+                    # an image in a point group, a whole-frame region (OHIF 3.13) otherwise.
+                    assert num.ContentSequence and all(
+                        c.RelationshipType == "INFERRED FROM" for c in num.ContentSequence)
+                    if point_group:
+                        assert {c.ValueType for c in num.ContentSequence} == {"IMAGE"}
+                        continue
+                    sources = {str(s.SOPInstanceUID): s for s in built.scenario.sources}
+                    for region in num.ContentSequence:
+                        assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+                        assert _code(region.ConceptNameCodeSequence[0]) == ("111030", "DCM")
+                        (image,) = region.ContentSequence
+                        assert image.RelationshipType == "SELECTED FROM"
+                        source = sources[str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)]
+                        cols, rows = float(source.Columns), float(source.Rows)
+                        assert [float(v) for v in region.GraphicData] == [
+                            0, 0, cols, 0, cols, rows, 0, rows, 0, 0]
+                if not point_group:
+                    # OHIF's label of the group starts with this text.
+                    (comment,) = [c for c in group.ContentSequence
+                                  if _code(c.ConceptNameCodeSequence[0]) == ("121106", "DCM")]
+                    assert comment.TextValue == children[("112039", "DCM")].TextValue
                 for scoord in (c for c in group.ContentSequence if c.ValueType == "SCOORD"):
                     assert scoord.GraphicType == "POINT"
                     image = scoord.ContentSequence[0]
@@ -89,27 +119,28 @@ def test_sr_has_the_tid1500_structure_results_md_asks_for(all_results: dict[str,
 
 
 def test_confidence_is_certainty_of_finding_in_percent(all_results: dict[str, Built]) -> None:
-    sr = all_results["mtici"].of_kind("SR")[0][0].dataset
+    sr = all_results["mtici"].reports()[0][0].dataset
     nums = [i for i in content_items(sr) if i.ValueType == "NUM"
             and _code(i.ConceptNameCodeSequence[0]) == ("111012", "DCM")]
     assert [float(n.MeasuredValueSequence[0].NumericValue) for n in nums] == [82.0, 95.0]
     unit = nums[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
     assert _code(unit) == ("%", "UCUM")
     # The grade references both runs.
-    refs = {str(c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-            for c in nums[0].ContentSequence if c.ValueType == "IMAGE"}
+    refs = {str(c.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            for c in nums[0].ContentSequence if c.ValueType == "SCOORD"}
     assert refs == {str(s.SOPInstanceUID) for s in all_results["mtici"].scenario.sources}
 
 
 def test_frame_numbers_are_num_in_ucum_frame_units_with_the_frame_referenced(
         all_results: dict[str, Built]) -> None:
-    sr = all_results["keyframes"].of_kind("SR")[0][0].dataset
+    sr = all_results["keyframes"].reports()[0][0].dataset
     frames = {}
     for item in content_items(sr):
         if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue.startswith("KF-"):
             mv = item.MeasuredValueSequence[0]
             assert _code(mv.MeasurementUnitsCodeSequence[0]) == ("{frame}", "UCUM")
-            image = next(c for c in item.ContentSequence if c.ValueType == "IMAGE")
+            (region,) = item.ContentSequence  # the whole frame it was read off
+            image = region.ContentSequence[0]
             frames[item.ConceptNameCodeSequence[0].CodeValue] = (
                 float(mv.NumericValue), int(image.ReferencedSOPSequence[0].ReferencedFrameNumber))
     assert frames == {"KF-START": (7.0, 7), "KF-APEX": (18.0, 18), "KF-END": (33.0, 33)}
@@ -225,10 +256,72 @@ def test_sources_may_be_given_as_paths(tmp_path) -> None:
 def test_an_evaluation_carries_its_own_certainty_only_when_it_differs_from_the_group(
         all_results: dict[str, Built]) -> None:
     def children(name: str, concept: str) -> list[int]:
-        sr = all_results[name].of_kind("SR")[0][0].dataset
+        sr = all_results[name].reports()[0][0].dataset
         return [len(i.get("ContentSequence", [])) for i in content_items(sr)
                 if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == concept]
 
     assert children("quality", "DSA-CONTRAST") == [0]  # class probability = group certainty
     assert children("spine", "DISC-CLASS") == [1] * 7  # grade probability ≠ localisation score
     assert children("spine", "VERT-CLASS") == [0] * 5  # its one confidence is the group's
+
+
+def test_summary_sr_states_each_image_level_finding_in_words(all_results: dict[str, Built]) -> None:
+    built = all_results["mtici"]
+    ((report_obj, _),) = built.reports()
+    ((obj, _),) = built.summaries()
+    report, summary = report_obj.dataset, obj.dataset
+    assert summary.SOPClassUID == EnhancedSRStorage
+    assert _code(summary.ConceptNameCodeSequence[0]) == ("18748-4", "LN")
+    assert summary.ContentTemplateSequence[0].TemplateIdentifier == "2000"
+    assert summary.ContinuityOfContent == "SEPARATE"
+    assert summary.StudyInstanceUID == report.StudyInstanceUID
+    assert summary.SeriesInstanceUID not in {report.SeriesInstanceUID}
+    assert (summary.SeriesNumber, summary.SeriesDescription) == (905, "AI mtici: summary")
+    assert (summary.CompletionFlag, summary.VerificationFlag, summary.PreliminaryFlag) == (
+        "COMPLETE", "UNVERIFIED", "PRELIMINARY")
+    (findings,) = [i for i in summary.ContentSequence if i.ValueType == "CONTAINER"]
+    assert _code(findings.ConceptNameCodeSequence[0]) == ("121070", "DCM")
+    texts = [(_code(i.ConceptNameCodeSequence[0]), i.TextValue) for i in findings.ContentSequence]
+    assert texts == [(("121071", "DCM"), f.tracking_id) for f in built.scenario.findings.findings]
+    observer = [str(i.UID) for i in content_items(summary) if i.ValueType == "UIDREF"]
+    assert observer == [device_uid(make_settings().node.uid_root, "DICOMNODE")]
+    # Delivered after the TID 1500 SR, before the KOS of keyframes.
+    assert [o.kind for o in all_results["keyframes"].objects] == ["SC", "SR", "SR", "KO"]
+    assert is_summary(all_results["keyframes"].objects[2].dataset)
+
+
+def test_summary_sr_is_off_by_default_and_only_for_image_level_findings(
+        all_results: dict[str, Built]) -> None:
+    assert all_results["quality3d"].summaries() == []
+    scenario = spine()
+    objects = build_results(scenario.findings, scenario.images, scenario.sources, make_settings(),
+                            options=BuildOptions(summary_sr=True, gsps=True))
+    assert not [o for o in objects if is_summary(o.dataset)]
+
+
+def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` as the runner hands it back: read from its encoded file, pixels left out."""
+    return pydicom.dcmread(pydicom.filebase.DicomBytesIO(encode(ds)), stop_before_pixels=True)
+
+
+def test_a_rerun_supersedes_the_summary_with_a_summary_and_the_report_with_a_report() -> None:
+    scenario = quality()
+    settings = make_settings()
+    options = BuildOptions(summary_sr=True)
+    old = build_results(scenario.findings, scenario.images, scenario.sources, settings,
+                        options=options)
+    old_report, old_summary = (_header(o.dataset) for o in old if o.kind == "SR")
+    assert is_summary(old_summary) and not is_summary(old_report)
+    new = build_results(scenario.findings, scenario.images, scenario.sources, settings,
+                        [old_report, old_summary], options=options)
+    report, summary = (o for o in new if o.kind == "SR")
+    assert report.supersedes == (str(old_report.SOPInstanceUID),)
+    assert summary.supersedes == (str(old_summary.SOPInstanceUID),)
+    assert summary.sop_instance_uid != old_summary.SOPInstanceUID
+    listed = summary.dataset.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert listed.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old_summary.SOPInstanceUID
+    # With the summary turned off, the old summary is superseded by the report.
+    off = build_results(scenario.findings, scenario.images, scenario.sources, settings,
+                        [old_report, old_summary])
+    (report,) = (o for o in off if o.kind == "SR")
+    assert set(report.supersedes) == {str(old_report.SOPInstanceUID), str(old_summary.SOPInstanceUID)}
