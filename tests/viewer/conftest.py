@@ -34,7 +34,8 @@ from results.scenarios import Scenario, keyframes, mtici, quality, spine
 from viewer import node_run
 
 from dicomnode.results import build_results, deliver_due, store_results
-from dicomnode.results.build import ResultObject
+from dicomnode.results.build import BuildOptions, ResultObject
+from dicomnode.results.sr import is_summary
 from dicomnode.storage.db import open_database
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +49,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 SITE_ORTHANC = json.loads((REPO / "deploy" / "viewer" / "orthanc.json").read_text())
 DICOMWEB_PLUGIN = Path(SITE_ORTHANC["Plugins"][0])
 INSTALL = "bash deploy/viewer/install-test-deps.sh"
+
+#: How the scenario studies' results are built: with the summary SR (results.summary_sr).
+VIEWER_OPTIONS = BuildOptions(summary_sr=True)
 
 #: A title OHIF does not know: its SR viewport then shows the tree as text, draws nothing.
 WRONG_ROOT = ("18748-4", "LN", "Diagnostic imaging report")
@@ -144,7 +148,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 paths = scenario.write_sources(work / "sources" / study.name / scenario.name)
                 sent = storescu(orthanc.dicom_port, *paths, aetitle="PACS", calling="MODALITY")
                 assert sent.returncode == 0, sent.stderr
-                objects = build_results(scenario.findings, scenario.images, scenario.sources, settings)
+                # With the summary SR: what makes image-level findings readable in OHIF.
+                objects = build_results(scenario.findings, scenario.images, scenario.sources,
+                                        settings, options=VIEWER_OPTIONS)
                 if study.name == "wrong-root":
                     objects = [dataclasses.replace(o, dataset=_with_root(o.dataset, WRONG_ROOT))
                                for o in objects if o.kind == "SR"]
@@ -237,8 +243,13 @@ def listed_name(ds: Dataset) -> str:
 
 
 def _sr_open(name: str, sr: ResultObject, timeout_ms: int) -> dict[str, Any]:
-    return {"name": name, "modality": "SR", "series": str(sr.dataset.SeriesDescription),
+    plan = {"name": name, "modality": "SR", "series": str(sr.dataset.SeriesDescription),
             "waitForUids": tracking_uids(sr.dataset), "timeoutMs": timeout_ms}
+    if is_summary(sr.dataset):
+        # Text only: done when OHIF's text view shows the last finding.
+        plan["untilText"] = [str(i.TextValue) for i in content_items(sr.dataset)
+                             if i.get("ValueType") == "TEXT"][-1]
+    return plan
 
 
 def _sc_open(name: str, sc: ResultObject | Dataset) -> dict[str, Any]:
@@ -249,9 +260,10 @@ def _sc_open(name: str, sc: ResultObject | Dataset) -> dict[str, Any]:
 def viewer_plan(studies: dict[str, Study], node: node_run.NodeSpine, base: str) -> dict[str, Any]:
     """What eyes.js opens: each visit is one page load of a study in OHIF's viewer.
 
-    An image-level SR is opened on a page of its own: OHIF 3.13.2 fails on it (see
-    test_image_level_findings_are_readable_in_the_sr_viewport) and its error page
-    would hide whatever came after it.
+    Each SR of an image-level module (its TID 1500 report and its summary) is opened
+    on a page of its own, as a reader coming from the study list would: an error page
+    of one (OHIF 3.13.2 failed on image-level groups without SCOORD) cannot hide the
+    other.
     """
     s = studies
     spine_sr, = s["spine"].of_kind("SR")

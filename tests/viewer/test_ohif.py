@@ -20,6 +20,8 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from viewer.conftest import ARTIFACTS, SRPoint, Study, listed_name, sr_points, tracking_uids
 
+from dicomnode.results.sr import group_confidence, is_summary
+
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
 
 #: How far (screen pixels) an arrow tip may lie from where the SCOORD point falls.
@@ -102,9 +104,10 @@ def test_every_study_is_in_the_study_list(ohif: dict[str, Any], stack: dict[str,
 
 @pytest.mark.parametrize("visit, series", [
     ("spine", ["AI spine: report", "AI spine: images", "T2 SAG"]),
-    ("dsa", ["AI quality: report", "AI mtici: report", "AI quality: images", "AI mtici: images",
-             "DSA run"]),
-    ("keyframes", ["AI keyframes: report", "AI keyframes: images", "LCA cine"]),
+    ("dsa", ["AI quality: report", "AI mtici: report", "AI quality: summary", "AI mtici: summary",
+             "AI quality: images", "AI mtici: images", "DSA run"]),
+    ("keyframes", ["AI keyframes: report", "AI keyframes: summary", "AI keyframes: images",
+                   "LCA cine"]),
     ("node-spine", ["AI spine: report", "AI spine: images"]),
 ])
 def test_results_are_listed_in_their_source_study(ohif: dict[str, Any], visit: str,
@@ -113,7 +116,7 @@ def test_results_are_listed_in_their_source_study(ohif: dict[str, Any], visit: s
     for description in series:
         assert any(description in t["text"] for t in thumbnails), (description, thumbnails)
     # OHIF lists an SR as a row without an image, headed by its modality.
-    reports = [d for d in series if d.endswith(": report")]
+    reports = [d for d in series if d.endswith((": report", ": summary"))]
     rows = [t["text"] for t in thumbnails if t["kind"] == "study-browser-thumbnail-no-image"]
     for description in reports:
         assert any(row.startswith("SR") and description in row for row in rows), (description, rows)
@@ -198,12 +201,6 @@ def test_secondary_captures_display_their_pixels(ohif: dict[str, Any], stack: di
 
 
 IMAGE_LEVEL = ["quality", "mtici", "keyframes"]
-#: Why the image-level checks fail today; deploy/viewer/README.md has the change.
-OHIF_DRAWS_ONLY_SCOORD = (
-    "OHIF 3.13.2 throws on a TID 1501 group without SCOORD (TypeError reading "
-    "'ReferencedSOPSequence' in _checkIfCanAddMeasurementsToDisplaySet): black viewport, "
-    "'Something went wrong'. Needs the results-layer change in deploy/viewer/README.md "
-    "(What OHIF 3.13.2 shows)")
 
 
 def _module_srs(ohif: dict[str, Any], module: str) -> list[dict[str, Any]]:
@@ -222,11 +219,47 @@ def test_image_level_srs_are_listed_in_their_study(ohif: dict[str, Any]) -> None
         assert all(o["listed"] for o in _module_srs(ohif, module)), module
 
 
-@pytest.mark.xfail(strict=True, reason=OHIF_DRAWS_ONLY_SCOORD)
 @pytest.mark.parametrize("module", IMAGE_LEVEL)
 def test_image_level_srs_open_without_an_error(ohif: dict[str, Any], module: str) -> None:
+    """OHIF 3.13.2 threw on TID 1501 groups without SCOORD ("Something went wrong"); each
+    NUM's whole-frame region (sr._whole_frame) is what lets it open them."""
     for seen in _module_srs(ohif, module):
         assert not [e for e in seen["errors"] if "Error Boundary" in e], seen["errors"]
+        assert "Something went wrong" not in seen["viewportText"]
+
+
+def _report_and_summary(stack: dict[str, Any], ohif: dict[str, Any],
+                        module: str) -> tuple[tuple[Dataset, dict[str, Any]], tuple[Dataset, dict[str, Any]]]:
+    study = stack["studies"]["keyframes" if module == "keyframes" else "dsa"]
+    srs = study.of_kind("SR", module)
+    opened = {o["series"]: o for o in _module_srs(ohif, module)}
+    report, = [o.dataset for o in srs if not is_summary(o.dataset)]
+    summary, = [o.dataset for o in srs if is_summary(o.dataset)]
+    return ((report, opened[str(report.SeriesDescription)]),
+            (summary, opened[str(summary.SeriesDescription)]))
+
+
+@pytest.mark.parametrize("module", IMAGE_LEVEL)
+def test_image_level_findings_are_drawn_on_their_image_labelled_with_their_text_and_certainty(
+        ohif: dict[str, Any], stack: dict[str, Any], module: str) -> None:
+    """The TID 1500 SR on its image: one outline per finding around the whole frame, its
+    label the finding's text and its Certainty of Finding.  (The labels of one image share
+    the outline, so they lie on top of each other: the summary is where they read well.)"""
+    (report, seen), _ = _report_and_summary(stack, ohif, module)
+    drawn = {a["uid"]: a for a in seen["annotations"]["items"]}
+    findings = _findings(stack, module)
+    uids = tracking_uids(report)
+    assert sorted(drawn) == sorted(uids), seen["errors"]
+    assert "SR" in seen["badge"]
+    for uid, finding in zip(uids, findings, strict=True):
+        lines = drawn[uid]["lines"]
+        # OHIF prints a Comment as "text: " and a NUM as "CodeMeaning: value unit".
+        assert lines[0].startswith(finding.tracking_id), lines
+        confidence, _ = group_confidence(finding)
+        assert confidence is not None
+        assert f"Certainty of Finding: {confidence * 100:.2f} %" in lines, lines
+        for m in finding.measurements:
+            assert f"{m.concept.meaning}: {m.value:.2f} {m.unit.value}" in lines, lines
 
 
 def _overlaps(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -249,7 +282,6 @@ def readable_texts(seen: dict[str, Any]) -> str:
     return "\n".join([seen["viewportText"], *clear])
 
 
-@pytest.mark.xfail(strict=True, reason=OHIF_DRAWS_ONLY_SCOORD)
 @pytest.mark.parametrize("module", IMAGE_LEVEL)
 def test_image_level_findings_are_readable_in_an_sr_of_their_module(
         ohif: dict[str, Any], stack: dict[str, Any], module: str) -> None:
@@ -258,6 +290,12 @@ def test_image_level_findings_are_readable_in_an_sr_of_their_module(
     wanted = [f.tracking_id for f in _findings(stack, module)]
     shown = [readable_texts(o) for o in _module_srs(ohif, module)]
     assert any(all(t in text for t in wanted) for text in shown), (wanted, shown)
+    # That SR is the summary, in OHIF's text view: its title, its section, each finding.
+    _, (summary, seen) = _report_and_summary(stack, ohif, module)
+    text = seen["viewportText"]
+    assert "Diagnostic Imaging Report" in text and "Findings" in text, text
+    assert all(t in text for t in wanted), text
+    assert not [e for e in seen["errors"] if "Error Boundary" in e], seen["errors"]
 
 
 def test_no_request_leaves_127_0_0_1(ohif: dict[str, Any]) -> None:
