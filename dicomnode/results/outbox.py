@@ -527,12 +527,16 @@ def pending_summary(db: Database) -> list[DestinationSummary]:
                 select(Delivery.state, func.count()).where(Delivery.destination == name)
                 .group_by(Delivery.state)).all())
             pending = and_(Delivery.destination == name, Delivery.state == PENDING)
-            oldest, next_at = session.execute(
-                select(func.min(Delivery.created_at), func.min(Delivery.next_attempt_at))
-                .where(pending)).one()
+            # Failed rows that wait for their destination are tried again by themselves.
+            waiting = and_(Delivery.destination == name, or_(
+                Delivery.state == PENDING,
+                and_(Delivery.state == FAILED, Delivery.next_attempt_at.is_not(None))))
+            oldest = session.scalar(select(func.min(Delivery.created_at)).where(pending))
+            next_at = session.scalar(select(func.min(Delivery.next_attempt_at)).where(waiting))
             last_error = session.scalars(
-                select(Delivery.last_error).where(pending, Delivery.last_error != "")
-                .order_by(Delivery.next_attempt_at.desc()).limit(1)).first() or ""
+                select(Delivery.last_error).where(
+                    Delivery.destination == name, Delivery.state != DELIVERED, Delivery.last_error != "")
+                .order_by(Delivery.id.desc()).limit(1)).first() or ""
             uncommitted = session.scalar(select(func.count()).where(
                 Delivery.destination == name, Delivery.state == DELIVERED,
                 Delivery.committed_at.is_(None))) or 0

@@ -8,16 +8,22 @@ newer object for it is due; the old rows then go first, so the PACS gets every
 object in the order the node produced it.  An object the PACS *refused* stays
 failed until an operator sends it again (re-running the job, or ``requeue_failed``).
 
-The outbox runs in the test process against a real Orthanc that is really down
-(not started) and then started; ``now`` steps through the backoff schedule.
+The first two tests run the outbox in the test process against a real Orthanc that
+is really down (not started) and then started; ``now`` steps through the backoff
+schedule.  The last runs the whole node (``dicomnode run``) with Orthanc down until
+every delivery has failed, reads ``dicomnode status --json``, then starts Orthanc.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from conftest import OrthancServer, free_port
+import pytest
+from conftest import OrthancServer, free_port, storescu
+from dicom_factory import make_dataset, uid, write
 from results.conftest import make_settings
 from results.scenarios import keyframes, mtici, spine
 from results.test_outbox import _orthanc_order, _rows, _store, storage_scp
@@ -27,7 +33,7 @@ from dicomnode.config import Settings
 from dicomnode.results import build_results, deliver_due, pending_summary, store_results
 from dicomnode.results.outbox import requeue_failed
 from dicomnode.storage.db import Database, open_database
-from dicomnode.storage.models import Event
+from dicomnode.storage.models import Delivery, Event, Result
 
 T0 = dt.datetime(2026, 3, 2, 8, 0, 0)
 S = dt.timedelta(seconds=1)
@@ -59,8 +65,8 @@ def test_pacs_down_past_the_retry_cap_gets_everything_in_order_when_back(
         assert {(r.state, r.attempts) for r in _rows(db)} == {("failed", 2)}
         (summary,) = pending_summary(db)  # what `dicomnode status` prints
         assert (summary.pending, summary.failed, summary.delivered) == (0, 3, 0)
-        assert "no association" in summary.last_error or all(
-            "no association" in r.last_error for r in _rows(db))
+        assert "no association" in summary.last_error
+        assert summary.next_attempt_at == T0 + 3 * S  # the capped backoff: tried again then
 
         # Newer results while the PACS is still down: the old failed rows are tried with them.
         second = _store(db, spool, [spine()], settings, now=T0 + 2 * S)  # SC, SR
@@ -145,3 +151,41 @@ def test_an_object_the_pacs_refused_waits_for_the_operator_then_goes(tmp_path: P
         assert {r.state for r in _rows(db)} == {"delivered"}
     finally:
         db.dispose()
+
+
+@pytest.mark.slow
+def test_the_node_shows_deliveries_failed_while_the_pacs_is_down_and_sends_them_in_order_after(
+        delivering_node: Any, orthanc_factory: Callable[..., OrthancServer], index: Any,
+        wait_for: Any, tmp_path: Path) -> None:
+    orthanc = orthanc_factory(start=False)  # the PACS is down from the start
+    node = delivering_node(orthanc.dicom_port, "ORTHANC", start=False)
+    node.config["delivery"] = {"retry_backoff_seconds": [1, 3], "max_attempts": 2}
+    node.start()
+    db = index(node)
+    for i in range(3):
+        path = write(make_dataset(study_uid=uid(), SeriesDescription=f"echo outage {i}", rows=32,
+                                  columns=32), tmp_path / f"{i}.dcm")
+        assert storescu(node.port, path).returncode == 0
+
+    def deliveries() -> list[Delivery]:
+        with db.session() as s:
+            return list(s.scalars(select(Delivery).order_by(Delivery.created_at, Delivery.id)))
+
+    wait_for(lambda: len(rows := deliveries()) == 6 and all(r.state == "failed" for r in rows), 180,
+             "all six deliveries to run out of attempts")
+    status = json.loads(node.cli("status", "--json").stdout)
+    (pacs,) = status["deliveries"]
+    assert (pacs["destination"], pacs["pending"], pacs["failed"], pacs["delivered"]) == ("pacs", 0, 6, 0)
+    assert pacs["next_attempt_at"] and "no association" in pacs["last_error"]
+
+    orthanc.start()
+    wait_for(lambda: all(r.state == "delivered" for r in deliveries()), 60,
+             "the failed deliveries to go once the PACS is back")
+    with db.session() as s:
+        order = [s.get(Result, d.result_fk).sop_instance_uid for d in deliveries()]
+        sent = s.scalars(select(Event).where(Event.kind == "delivered").order_by(Event.id)).all()
+    assert _orthanc_order(orthanc) == order  # all six, once each, in the order they were made
+    assert [e.sop_instance_uid for e in sent] == order
+    assert {e.peer for e in sent} == {f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"}
+    (pacs,) = json.loads(node.cli("status", "--json").stdout)["deliveries"]
+    assert (pacs["pending"], pacs["failed"], pacs["delivered"]) == (0, 0, 6)
