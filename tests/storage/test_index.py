@@ -183,3 +183,49 @@ def test_nodes_starting_together_migrate_one_index_once(postgres, tmp_path: Path
     with db.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == "0002"
     db.dispose()
+
+
+def test_a_foreign_sqlite_lock_answers_every_writer_within_about_one_busy_timeout(tmp_path: Path) -> None:
+    """Six parallel ingests (six associations) while another connection holds the write
+    lock: each is refused out of resources after about one busy timeout, not after
+    queueing behind the others (which took 6 × the timeout); writing resumes after."""
+    import sqlite3
+    import time
+
+    from dicomnode.storage.db import LOCKED_FAIL_FAST_SECONDS
+
+    path = tmp_path / "index.sqlite"
+    db = open_database(f"sqlite:///{path}", fsync=False, busy_timeout=1.5)
+    spool = Spool(tmp_path / "spool")
+    ingestor = Ingestor(db, spool)
+    files = [write(make_dataset(), tmp_path / f"{i}.dcm") for i in range(6)]
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, as a backup or an open transaction holds it
+    answers: dict[int, tuple[str, float]] = {}
+
+    def one(i: int) -> None:
+        t0 = time.monotonic()
+        try:
+            ingest(ingestor, spool, files[i])
+            answers[i] = ("stored", time.monotonic() - t0)
+        except OutOfResourcesError:
+            answers[i] = ("refused", time.monotonic() - t0)
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert {a for a, _ in answers.values()} == {"refused"} and len(answers) == 6
+    slowest = max(t for _, t in answers.values())
+    assert slowest < 2 * 1.5 + 1.0, f"a writer waited {slowest:.1f} s: the writers queued"
+    time.sleep(LOCKED_FAIL_FAST_SECONDS + 0.2)
+    ingest(ingestor, spool, files[0])  # the lock is gone: writing resumes
+    with db.session() as s:
+        assert s.scalar(select(func.count(Instance.id))) == 1
+    assert len([p for p in spool.root.rglob("*.dcm") if p.parent != spool.tmp]) == 1
+    db.dispose()
