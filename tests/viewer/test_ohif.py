@@ -244,7 +244,9 @@ def test_image_level_findings_are_drawn_on_their_image_labelled_with_their_text_
         ohif: dict[str, Any], stack: dict[str, Any], module: str) -> None:
     """The TID 1500 SR on its image: one outline per finding around the whole frame, its
     label the finding's text and its Certainty of Finding.  (The labels of one image share
-    the outline, so they lie on top of each other: the summary is where they read well.)"""
+    the outline, so they lie on top of each other at the image's right edge, where the
+    viewport also clips them: the text is in the drawing, but the summary is where a
+    person reads it.)"""
     (report, seen), _ = _report_and_summary(stack, ohif, module)
     drawn = {a["uid"]: a for a in seen["annotations"]["items"]}
     findings = _findings(stack, module)
