@@ -134,10 +134,16 @@ class DeliverySettings(_Section):
 
 
 class ResultsSettings(_Section):
-    """``[results]``: which SR storage class to write, and whether to add a GSPS."""
+    """``[results]``: which SR storage class to write, and which optional objects to add.
+
+    ``summary_sr`` adds, for every job, an Enhanced SR (TID 2000, "AI <module>: summary")
+    that states each finding as text: viewers such as OHIF show it as a readable report,
+    while the TID 1500 SR carries the coded measurements.
+    """
 
     sr_storage: Literal["comprehensive", "comprehensive3d"] = "comprehensive"
     gsps: bool = False
+    summary_sr: bool = False
 
 
 class RetentionSettings(_Section):
