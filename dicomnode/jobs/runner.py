@@ -294,7 +294,8 @@ def run_job(settings: Settings, db: Database, job_id: int, token: str,
         t = lap("model", t)
         predecessors = predecessor_headers(db, settings, job)
         options = BuildOptions(sr_storage=settings.results.sr_storage,  # [results] settings
-                               gsps=settings.results.gsps)
+                               gsps=settings.results.gsps,
+                               summary_sr=settings.results.summary_sr)
         objects, findings_out, predict_s, render_s, build_s = [], [], 0.0, 0.0, 0.0
         for case in selection.cases:
             stage.append("predict")
