@@ -214,8 +214,8 @@ class KeyframesModule(AIModule):
             "decoding": {"pre_nms_thresh": 1e-3, "pre_nms_topk": 2000, "nms": "soft, sigma 0.5",
                          "keyframes": "start=fill.start, apex=mean(fill.end, wash.start), "
                                       "end=wash.end"},
-            "training": {"epochs": 6, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.05,
-                         "grad_clip": 1.0, "cache_rate": 1.0, "train_n": 300, "val_n": 60,
+            "training": {"epochs": 8, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.05,
+                         "grad_clip": 1.0, "cache_rate": 1.0, "train_n": 200, "val_n": 40,
                          "max_seq_len": 128, "contrast_weight": 0.1, "vessel_weight": 1.0},
         }
 
