@@ -41,7 +41,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError, OutOfResourcesError
-from dicomnode.net import status
+from dicomnode.net import reactor, status
 from dicomnode.net.contexts import VERIFICATION_UID, storage_contexts
 from dicomnode.net.guard import (
     PDU_LIMIT_FLOOR,
@@ -143,6 +143,7 @@ class Receiver:
         # pydicom both logs and warns each parsing remark; the logged copy is enough.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
         _dimse_messages.NamedTemporaryFile = self._receive_file  # type: ignore[assignment]
+        reactor.install()  # reactors wait for input instead of polling every 1 ms
         for name in ["pydicom"] + [n for n in logging.root.manager.loggerDict if n.startswith("pynetdicom")]:
             logging.getLogger(name).addFilter(self.log_guard)
 
@@ -245,6 +246,7 @@ class Receiver:
         sock = transport.socket if transport else None
         if transport is None or sock is None:
             return
+        reactor.attach(event.assoc)
         info = _Peer()
         self._peers[id(event.assoc)] = info
         peer = str(event.assoc.requestor.address)
