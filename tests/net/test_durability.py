@@ -5,7 +5,6 @@ import hashlib
 import re
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import NodeProcess, dcmtk, storescu
-from dicom_factory import dataset_bytes, make_dataset, mr_series, write
+from dicom_factory import make_dataset, mr_series, write
 from pydicom.uid import XRayAngiographicImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
-import pytest
 from conftest import NodeProcess, dcmtk, storescu
 from dicom_factory import (
     ct_instance,
@@ -73,7 +72,7 @@ def test_compressed_transfer_syntaxes_are_stored_as_received(node: NodeProcess, 
     assert syntaxes == {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"}
     # dcmtk proposes a compressed syntax only when told to: -xy JPEG 8-bit, -xr RLE,
     # -xv JPEG 2000 lossless (each with uncompressed fallbacks in the same context).
-    for f, flag in zip(files, ("-xy", "-xr", "-xv")):
+    for f, flag in zip(files, ("-xy", "-xr", "-xv"), strict=True):
         res = storescu(node.port, f, extra=(flag,))
         assert res.returncode == 0, res.stderr
     paths = stored_paths(node)
