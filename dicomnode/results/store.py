@@ -180,10 +180,11 @@ def store_results(
                 elif have[name].state == FAILED:
                     # A job run again (``dicomnode jobs retry --force``) is how an operator
                     # resends what a destination refused: the same object, attempts anew.
-                    row = have[name]
-                    row.state, row.attempts, row.next_attempt_at, row.claimed_by = PENDING, 0, now, ""
+                    failed = have[name]
+                    failed.state, failed.attempts, failed.next_attempt_at = PENDING, 0, now
+                    failed.claimed_by = ""
                     logger.info("delivery of %s to %s queued again (it had failed: %s)",
-                                uid, name, row.last_error[:200])
+                                uid, name, failed.last_error[:200])
             if obj.supersedes:
                 _supersede(session, uid, obj.supersedes, set(uids))
             out.append(StoredResult(result_id, uid, obj.kind, relative, created))

@@ -35,13 +35,14 @@ def get_or_create(
         return row, False
     dialect = session.get_bind().dialect.name
     values = {**defaults, **keys}
+    ins: Any
     if dialect == "postgresql":
         ins = postgresql.insert(model).values(values).on_conflict_do_nothing()
     elif dialect == "sqlite":
         ins = sqlite.insert(model).values(values).on_conflict_do_nothing()
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         ins = model.__table__.insert().values(values)  # type: ignore[attr-defined]
-    created = session.execute(ins).rowcount == 1
+    created = getattr(session.execute(ins), "rowcount", 0) == 1
     row = session.scalars(stmt).one()
     return row, created
 
