@@ -43,6 +43,7 @@ class Sender(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.files, self.pause = port, files, pause
         self.statuses: dict[str, int | None] = {}
+        self.seconds: dict[str, float] = {}  # how long each answer took
         self.sent = threading.Event()  # set after each answer
 
     def run(self) -> None:
@@ -54,7 +55,9 @@ class Sender(threading.Thread):
         try:
             for path in self.files:
                 sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                t0 = time.monotonic()
                 rsp = assoc.send_c_store(path)
+                self.seconds[sop] = time.monotonic() - t0
                 self.statuses[sop] = int(rsp.Status) if rsp and "Status" in rsp else None
                 self.sent.set()
                 time.sleep(self.pause)
@@ -130,6 +133,11 @@ def test_index_unavailable_mid_load_answers_out_of_resources_and_resumes(
             refused = {s for s, code in statuses.items() if code != st.SUCCESS}
             assert refused, "the outage must refuse something"
             assert all(statuses[s] & 0xFF00 == 0xA700 for s in refused), statuses  # out of resources
+            # Answered within about one busy timeout (30 s on SQLite), not the sender's patience.
+            slowest = max(sender.seconds.values())
+            assert slowest < (40 if fault == "sqlite-locked" else 10), f"an answer took {slowest:.0f} s"
+            print(f"{fault}: {len(refused)} of {len(files)} refused 0x{max(statuses.values()):04X}, "
+                  f"slowest answer {slowest:.1f} s")
             order = list(statuses)
             assert all(s not in refused for s in order[:down_at])
             assert all(s not in refused for s in order[up_at + 2:]), "receiving did not resume"
