@@ -364,9 +364,11 @@ def _send_group(db: Database, settings: Settings, dest: Destination, rows: list[
     try:
         outcomes = send_files(dest, [spool_root / r.path for r in present], link)
         for row, outcome in zip(present, outcomes, strict=False):
-            # No response at all (association aborted or lost mid-stream) is the
-            # destination going away, not a refusal of this object.
-            lost = outcome.status is None and not outcome.error.startswith("not sent")
+            # Objects never sent because the association went away before their turn
+            # wait for the destination like an unreachable one.  The object whose
+            # C-STORE got no answer is not: one that makes the PACS abort every time
+            # would otherwise head the queue for ever and hold back everything after it.
+            lost = outcome.status is None and outcome.error.startswith("association lost")
             _record(db, settings, row, outcome, "", now, report, unreachable=lost)
             recorded.add(row.delivery_id)
             if outcome.delivered:

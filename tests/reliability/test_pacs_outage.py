@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from conftest import OrthancServer, free_port, storescu
 from dicom_factory import make_dataset, uid, write
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from results.conftest import make_settings
 from results.scenarios import keyframes, mtici, spine
 from results.test_outbox import _orthanc_order, _rows, _store, storage_scp
@@ -189,3 +190,43 @@ def test_the_node_shows_deliveries_failed_while_the_pacs_is_down_and_sends_them_
     assert {e.peer for e in sent} == {f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"}
     (pacs,) = json.loads(node.cli("status", "--json").stdout)["deliveries"]
     assert (pacs["pending"], pacs["failed"], pacs["delivered"]) == (0, 0, 6)
+
+
+def test_an_object_that_makes_the_pacs_abort_every_time_stops_holding_back_the_others(
+        tmp_path: Path) -> None:
+    port = free_port()
+    settings = _settings(port, aetitle="POISON", max_attempts=2)
+    db = open_database(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    try:
+        scenario = keyframes()
+        objects = build_results(scenario.findings, scenario.images, scenario.sources, settings)
+        store_results(db, tmp_path, None, objects, ["pacs"], now=T0)  # SC, SR, KO in this order
+        poison = objects[0].sop_instance_uid
+        assert objects[0].kind == "SC"
+        received: list[str] = []
+
+        def store(event: Any) -> int:
+            received.append(str(event.request.AffectedSOPInstanceUID))
+            if received[-1] == poison:
+                event.assoc.abort()  # the PACS drops the association on this object
+            return 0x0000
+
+        ae = AE(ae_title="POISON")
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        server = ae.start_server(("127.0.0.1", port), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, store)])
+        try:
+            for step in (0, 1):  # the SC goes first and the association dies under it
+                deliver_due(db, settings, tmp_path, now=T0 + step * S)
+            rows = {r.id: r for r in _rows(db)}
+            sc, sr, ko = (rows[i] for i in sorted(rows))
+            assert (sc.state, sc.next_attempt_at) == ("failed", None)  # left to the operator
+            assert {(r.state, r.next_attempt_at) for r in (sr, ko)} == {("failed", T0 + 3 * S)}
+            assert deliver_due(db, settings, tmp_path, now=T0 + 3 * S).delivered == 2
+        finally:
+            server.shutdown()
+        assert [u for u in received if u != poison] == [o.sop_instance_uid for o in objects[1:]]
+        assert [r.state for r in _rows(db)] == ["failed", "delivered", "delivered"]
+    finally:
+        db.dispose()
