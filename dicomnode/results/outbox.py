@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 CLAIM_SECONDS = 300.0
 #: Rows sent per association at most; the rest waits for the next call.
 BATCH = 500
+#: How :func:`~dicomnode.net.scu.send_files` says an object's turn never came.
+NEVER_SENT = "association lost before sending"
 
 
 @dataclass
@@ -268,6 +270,14 @@ def _record(db: Database, settings: Settings, due: _Due, outcome: StoreOutcome |
                 report.count(due.destination, "warnings")
             report.count(due.destination, "delivered")
             return
+        if outcome is not None and outcome.status is None and outcome.error.startswith(NEVER_SENT):
+            # Its turn never came: the association went away under an earlier object.
+            # Not an attempt, and due at once, so a new association takes it (and the
+            # rest) without the object that broke this one, which waits its backoff.
+            row.next_attempt_at = now
+            row.last_error = outcome.error[:2000]
+            report.count(due.destination, "retrying")
+            return
         row.attempts = attempts
         row.last_error = (error or (outcome.describe() if outcome else "not sent"))[:2000]
         limit = settings.delivery.max_attempts
@@ -364,12 +374,10 @@ def _send_group(db: Database, settings: Settings, dest: Destination, rows: list[
     try:
         outcomes = send_files(dest, [spool_root / r.path for r in present], link)
         for row, outcome in zip(present, outcomes, strict=False):
-            # Objects never sent because the association went away before their turn
-            # wait for the destination like an unreachable one.  The object whose
-            # C-STORE got no answer is not: one that makes the PACS abort every time
-            # would otherwise head the queue for ever and hold back everything after it.
-            lost = outcome.status is None and outcome.error.startswith("association lost")
-            _record(db, settings, row, outcome, "", now, report, unreachable=lost)
+            # The object whose C-STORE got no answer is a failed attempt like a refusal
+            # (not "destination unreachable"): one that makes the PACS abort every time
+            # must not head the queue for ever and hold back everything after it.
+            _record(db, settings, row, outcome, "", now, report)
             recorded.add(row.delivery_id)
             if outcome.delivered:
                 delivered.append(row)
