@@ -34,8 +34,9 @@ be made): what was sent, to which destination and AE, when, and the outcome.
 Order per destination is kept across outages: when the association cannot be
 made, every row of that destination waits for the same next attempt, so a PACS
 that comes back gets everything in the order it was produced.  A single object
-the PACS refuses (say 0xA700) is retried on its own schedule without holding back
-the others.
+the PACS refuses (say 0xA700), or whose C-STORE it answers by aborting the
+association, is retried on its own schedule without holding back the others (the
+objects behind it, never sent, go on a new association at once).
 """
 from __future__ import annotations
 
