@@ -174,6 +174,7 @@ class Receiver:
         removed = self.spool.clean_temp()
         if removed:
             logger.info("removed %d partial receive file(s) left by an earlier stop", removed)
+        self.ingestor.warm_up()
         node = self.settings.node
         self._stopping = False
         self.server = self.ae.start_server(
