@@ -187,10 +187,58 @@ def soft_nms(segments: np.ndarray, scores: np.ndarray, sigma: float = 0.5,
     return np.stack(keep_s).astype(np.float32), np.asarray(keep_c, np.float32)
 
 
+def vote_boundaries(top: np.ndarray, candidates: np.ndarray, scores: np.ndarray,
+                    thresh: float, power: float) -> np.ndarray:
+    """Refine the boundaries of ``top`` by the candidates that overlap it.
+
+    ActionFormer's voting: the score-weighted mean (weights ``score ** power``) of every
+    candidate segment whose tIoU with ``top`` is at least ``thresh`` (``top`` itself is
+    one of them).  The pyramid's neighbouring points each regress the same boundary;
+    their mean is steadier than the single best one.
+    """
+    if len(candidates) == 0:
+        return top
+    inter = np.clip(np.minimum(top[1], candidates[:, 1]) - np.maximum(top[0], candidates[:, 0]),
+                    0, None)
+    union = (candidates[:, 1] - candidates[:, 0]) + (top[1] - top[0]) - inter
+    weights = (scores.astype(np.float64) ** power) * (inter / np.maximum(union, 1e-6) >= thresh)
+    if weights.sum() <= 0:
+        return top
+    return (candidates * weights[:, None]).sum(0) / weights.sum()
+
+
+def consistent_pair(fill: tuple[np.ndarray, np.ndarray], wash: tuple[np.ndarray, np.ndarray],
+                    topk: int) -> tuple[int, int]:
+    """Indices of the filling and wash-out segments to read the keyframes from.
+
+    Contrast fills before it washes out: among the ``topk`` best of each class (sorted
+    by score, as soft-NMS returns them) the pair with the highest score product whose
+    filling starts and ends no later than the wash-out does.  Without such a pair, the
+    two best.
+    """
+    best, pick = -1.0, (0, 0)
+    for i in range(min(topk, len(fill[1]))):
+        for j in range(min(topk, len(wash[1]))):
+            f, w = fill[0][i], wash[0][j]
+            if f[0] <= w[0] and f[1] <= w[1] and fill[1][i] * wash[1][j] > best:
+                best, pick = float(fill[1][i] * wash[1][j]), (i, j)
+    return pick
+
+
 def decode_run(logits: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
                masks: Sequence[torch.Tensor], points: torch.Tensor, num_frames: int,
-               pre_nms_thresh: float = 1e-3, pre_nms_topk: int = 2000) -> Detection:
-    """Keyframes of one run from per-level outputs (each (T_l, C), (T_l, 2), (T_l,))."""
+               pre_nms_thresh: float = 1e-3, pre_nms_topk: int = 2000,
+               voting_thresh: float | None = None, voting_power: float = 2.0,
+               pair_topk: int = 1) -> Detection:
+    """Keyframes of one run from per-level outputs (each (T_l, C), (T_l, 2), (T_l,)).
+
+    The filling and wash-out segments the keyframes are read from are the best-scoring
+    pair in temporal order among the top ``pair_topk`` of each class
+    (:func:`consistent_pair`; 1 = each class's best, whatever the order).  With
+    ``voting_thresh`` the best segment of each class has its boundaries refined by
+    :func:`vote_boundaries` before the keyframes are read off; the scored segment list
+    (what the detection mAP ranks) is the soft-NMS output either way.
+    """
     lg = torch.cat(list(logits)).float()
     off = torch.cat(list(offsets)).float()
     valid = torch.cat(list(masks))
@@ -205,21 +253,27 @@ def decode_run(logits: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
     seg = seg.clamp(0, num_frames - 1).cpu().numpy()
     top_np, cls_np = top.cpu().numpy(), cls.cpu().numpy()
     all_s, all_c, all_l = [], [], []
-    best: dict[int, tuple[np.ndarray, float]] = {}
+    kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for c in range(scores.shape[1]):
         sel = cls_np == c
         s, sc = soft_nms(seg[sel], top_np[sel])
         all_s.append(s)
         all_c.append(sc)
         all_l.append(np.full(len(sc), c))
-        if len(sc):
-            best[c] = (s[0], float(sc[0]))
-        else:  # no candidate: fall back to the best-scoring point of that class
+        if not len(sc):  # no candidate: fall back to the best-scoring point of that class
             j = int(torch.argmax(scores[:, c]))
             tj, sj = float(points[j, 0]), float(points[j, 3])
-            best[c] = (np.array([tj - float(off[j, 0]) * sj, tj + float(off[j, 1]) * sj]),
-                       float(scores[j, c]))
-    (fill, c0), (wash, c1) = best[0], best[1]
+            s = np.array([[tj - float(off[j, 0]) * sj, tj + float(off[j, 1]) * sj]])
+            sc = np.array([float(scores[j, c])])
+        kept[c] = (s, sc)
+    i, j = consistent_pair(kept[0], kept[1], pair_topk)
+    fill, c0 = kept[0][0][i], float(kept[0][1][i])
+    wash, c1 = kept[1][0][j], float(kept[1][1][j])
+    if voting_thresh is not None:
+        fill = vote_boundaries(fill, seg[cls_np == 0], top_np[cls_np == 0], voting_thresh,
+                               voting_power)
+        wash = vote_boundaries(wash, seg[cls_np == 1], top_np[cls_np == 1], voting_thresh,
+                               voting_power)
     start = float(fill[0])
     apex = 0.5 * (float(fill[1]) + float(wash[0]))
     end = float(wash[1])

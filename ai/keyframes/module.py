@@ -146,8 +146,7 @@ class KeyframesModule(AIModule):
             dec = model.config.get("decoding", {})
             return decode_run([o[0] for o in out["logits"]], [o[0] for o in out["offsets"]],
                               [m[0] for m in out["masks"]], net.points(length, model.device),
-                              t, pre_nms_thresh=float(dec.get("pre_nms_thresh", 1e-3)),
-                              pre_nms_topk=int(dec.get("pre_nms_topk", 2000)))
+                              t, **decoding_options(dec))
 
     def findings_from_detection(self, det: Detection, inst: InstanceView, fps: float | None,
                                 model: LoadedModel) -> Findings:
@@ -212,6 +211,7 @@ class KeyframesModule(AIModule):
             "preprocessing": {"working_size": 64, "resample": "area", "window_percentiles":
                               [1.0, 99.5], "invert": "unless MONOCHROME1", "quantise": "uint8"},
             "decoding": {"pre_nms_thresh": 1e-3, "pre_nms_topk": 2000, "nms": "soft, sigma 0.5",
+                         "voting_thresh": 0.6, "voting_power": 2.0, "pair_topk": 10,
                          "keyframes": "start=fill.start, apex=mean(fill.end, wash.start), "
                                       "end=wash.end"},
             "training": {"epochs": 8, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.05,
@@ -314,7 +314,8 @@ class KeyframesModule(AIModule):
         for i in range(outputs["masks"][0].shape[0]):
             t = int(outputs["masks"][0][i].sum())
             det = decode_run([o[i] for o in outputs["logits"]], [o[i] for o in outputs["offsets"]],
-                             [m[i] for m in outputs["masks"]], points, t)
+                             [m[i] for m in outputs["masks"]], points, t,
+                             **decoding_options(config.get("decoding", {})))
             preds.append(_prediction(det))
         return preds
 
@@ -371,6 +372,18 @@ class KeyframesModule(AIModule):
             fh.writelines(rows)
         write_vessel_json(rendered, out_dir / "vessel")
         return paths
+
+
+def decoding_options(decoding: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`decode_run` keyword arguments from a model's ``decoding`` config (a model
+    saved without ``voting_thresh`` or ``pair_topk`` decodes as it was evaluated: the
+    best segment of each class, no voting)."""
+    vote = decoding.get("voting_thresh")
+    return {"pre_nms_thresh": float(decoding.get("pre_nms_thresh", 1e-3)),
+            "pre_nms_topk": int(decoding.get("pre_nms_topk", 2000)),
+            "voting_thresh": None if vote is None else float(vote),
+            "voting_power": float(decoding.get("voting_power", 2.0)),
+            "pair_topk": int(decoding.get("pair_topk", 1))}
 
 
 def _prediction(det: Detection) -> dict[str, Any]:
