@@ -171,15 +171,25 @@ class NodeScheduler:
     def _run(self) -> None:
         waited = False
         while not self._stop.is_set():
-            if self.lock.acquire():
-                break
+            try:
+                if self.lock.acquire():
+                    self._start_scheduler()
+                    break
+            except Exception as exc:
+                # The index is locked or unreachable (SQLite held by another process,
+                # PostgreSQL restarting): without this retry the thread would end and
+                # nothing would be routed or delivered until the node restarts.
+                logger.error("cannot start the scheduler (%s: %s); trying again in %g s",
+                             type(exc).__name__, (str(exc).splitlines() or [""])[0][:200],
+                             STANDBY_RETRY_SECONDS)
+                self._stop.wait(STANDBY_RETRY_SECONDS)
+                continue
             if not waited:
                 logger.info("another process runs this database's scheduler: standing by")
                 waited = True
             self._stop.wait(STANDBY_RETRY_SECONDS)
         if self._stop.is_set():
             return
-        self._start_scheduler()
         if self.work.settings.jobs.workers == 0:
             # No worker pool here: when a study needs routing, one short-lived worker
             # process lists the modules.
@@ -219,13 +229,22 @@ class NodeScheduler:
                               ("deliver", DELIVERY_SECONDS)):
             scheduler.add_job(run_timed, "interval", seconds=seconds, args=[name], id=name,
                               jobstore="memory", next_run_time=now, replace_existing=True)
-        scheduler.start(paused=True)
-        # Keep a persisted job's schedule across restarts; only create it when absent.
-        if scheduler.get_job("retention", jobstore="default") is None:
-            scheduler.add_job("dicomnode.jobs.scheduler:run_timed", "interval",
-                              seconds=RETENTION_SECONDS, args=["retention"], id="retention",
-                              jobstore="default", next_run_time=now,
-                              misfire_grace_time=None)  # run late rather than skip
+        try:
+            scheduler.start(paused=True)  # creates the job store's table: a write
+            # Keep a persisted job's schedule across restarts; only create it when absent.
+            if scheduler.get_job("retention", jobstore="default") is None:
+                scheduler.add_job("dicomnode.jobs.scheduler:run_timed", "interval",
+                                  seconds=RETENTION_SECONDS, args=["retention"], id="retention",
+                                  jobstore="default", next_run_time=now,
+                                  misfire_grace_time=None)  # run late rather than skip
+        except Exception:
+            try:
+                if scheduler.running:
+                    scheduler.shutdown(wait=False)
+            except Exception:  # half started: nothing more to undo
+                logger.debug("shutting down a half-started scheduler", exc_info=True)
+            _RUNNING.pop("node", None)
+            raise
         scheduler.resume()
         self._scheduler = scheduler
         self.running.set()
