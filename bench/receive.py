@@ -85,6 +85,9 @@ def scenarios(data: Path, quick: bool) -> list[Scenario]:
     return out
 
 
+LOADS: list[float] = []  # 1-minute load average before each push
+
+
 def run(quick: bool, repeats: int, only: set[str] | None) -> dict[str, dict[str, list[float]]]:
     work = ROOT / "bench" / "out"
     data = work / "data"
@@ -100,6 +103,7 @@ def run(quick: bool, repeats: int, only: set[str] | None) -> dict[str, dict[str,
             order = peers[r % len(peers):] + peers[: r % len(peers)]
             for peer in order:
                 peer.start()
+                LOADS.append(os.getloadavg()[0])
                 try:
                     seconds = push(peer, sc)
                     rss[sc.name][peer.name] = max(rss[sc.name].get(peer.name, 0), peer.peak_rss_mb())
@@ -120,7 +124,9 @@ def report(scs: list[Scenario], results: dict[str, dict[str, list[float]]],
         f"Measured {dt.date.today()} on this machine (2 cores) by `python bench/receive.py"
         f"{' --quick' if quick else ''}`: {repeats} repeats, peers in rotated order, fresh "
         "storage per push; sender dcmtk storescu (TCP_NODELAY=1 except the Nagle row). "
-        "dicomnode runs with fsync and index commit on. Ratios are medians of per-repeat ratios.",
+        "dicomnode runs with fsync and index commit on. Ratios are medians of per-repeat ratios. "
+        f"1-minute load average before the pushes: {min(LOADS, default=0):.1f}–{max(LOADS, default=0):.1f} "
+        "on 2 cores shared with other agents' jobs.",
         "",
         "| scenario | " + " | ".join(f"{p} MB/s (inst/s)" for p in peers)
         + " | ×storescp | ×storescp+B | ×Orthanc | peak RSS dicomnode / storescp / +B / Orthanc (MB) |",
@@ -134,7 +140,7 @@ def report(scs: list[Scenario], results: dict[str, dict[str, list[float]]],
                  f"({len(sc.files) / statistics.median(times[p]):.0f})" for p in peers]
         ratios = []
         for other in peers[1:]:
-            per_repeat = [t_other / t_node for t_node, t_other in zip(times["dicomnode"], times[other])]
+            per_repeat = [t_other / t_node for t_node, t_other in zip(times["dicomnode"], times[other], strict=True)]
             ratios.append(f"{statistics.median(per_repeat):.2f}")
         mem = " / ".join(f"{rss[sc.name].get(p, 0):.0f}" for p in peers)
         lines.append(f"| {sc.label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {mem} |")
