@@ -105,8 +105,12 @@ def open_index(settings: Settings) -> Database:
     return open_database(url, fsync=fsync)
 
 
-def _run_worker_role(settings: Settings, log_level: int) -> None:
-    """Entry point of the worker-role child (multiprocessing spawn)."""
+def _run_worker_role(settings: Settings, log_level: int, observations: Any) -> None:
+    """Entry point of the worker-role child (multiprocessing spawn).
+
+    Its job and routing figures go to the node's metrics (``observations``, the
+    sending end of a pipe) since the endpoint is the receiving process's.
+    """
     if sys.platform.startswith("linux"):
         # Die with the node, even when it is killed with -9: a worker role left
         # behind would route and deliver beside the restarted node.
@@ -114,7 +118,21 @@ def _run_worker_role(settings: Settings, log_level: int) -> None:
     from dicomnode.log import configure_logging
 
     configure_logging(log_level)
-    Node(settings, roles=("worker",)).run_forever()
+    node = Node(settings, roles=("worker",))
+    lock = threading.Lock()
+
+    def forward(name: str) -> Any:
+        def send(*args: Any) -> None:
+            with lock:
+                try:
+                    observations.send((name, args))
+                except (OSError, ValueError):  # the node is gone; this process follows
+                    pass
+        return send
+
+    for name in ("observe_job", "observe_routed"):
+        setattr(node.metrics, name, forward(name))
+    node.run_forever()
 
 
 class WorkerRoleProcess:
@@ -123,12 +141,14 @@ class WorkerRoleProcess:
     Started by a watcher thread that lives as long as the service (PR_SET_PDEATHSIG
     fires when the *thread* that started the child ends); a child that dies is
     started again after :data:`WORKER_RESTART_SECONDS`.  The child serves no metrics
-    endpoint of its own (the port belongs to this process).
+    endpoint of its own (the port belongs to this process): what it observes (job
+    durations, completion waits) is sent here and recorded in ``metrics``.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        metrics = settings.metrics.model_copy(update={"port": 0})
-        self.settings = settings.model_copy(update={"metrics": metrics})
+    def __init__(self, settings: Settings, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+        endpoint = settings.metrics.model_copy(update={"port": 0})
+        self.settings = settings.model_copy(update={"metrics": endpoint})
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: Any = None
         self._stop = threading.Event()
@@ -148,9 +168,13 @@ class WorkerRoleProcess:
 
     def _watch(self, started: threading.Event) -> None:
         while not self._stop.is_set():
+            receiving, sending = self._ctx.Pipe(duplex=False)
             self._proc = self._ctx.Process(target=_run_worker_role, name="dicomnode-worker-role",
-                                           args=(self.settings, logging.getLogger().level))
+                                           args=(self.settings, logging.getLogger().level, sending))
             self._proc.start()
+            sending.close()  # the child holds it now: its exit ends the reader below
+            threading.Thread(target=self._record, args=(receiving,), name="dicomnode-worker-metrics",
+                             daemon=True).start()
             started.set()
             self._proc.join()
             if self._stop.is_set():
@@ -158,6 +182,17 @@ class WorkerRoleProcess:
             logger.error("worker role process %d exited with %s; starting it again in %g s",
                          self._proc.pid, self._proc.exitcode, WORKER_RESTART_SECONDS)
             self._stop.wait(WORKER_RESTART_SECONDS)
+
+    def _record(self, receiving: Any) -> None:
+        """Apply the child's observations to this process's metrics until it exits."""
+        with receiving:
+            while True:
+                try:
+                    name, args = receiving.recv()
+                except (EOFError, OSError):
+                    return
+                if name in ("observe_job", "observe_routed"):
+                    getattr(self.metrics, name)(*args)
 
     def stop(self) -> None:
         self._stop.set()
@@ -211,7 +246,7 @@ class Node:
             self.receiver.ingestor = InstrumentedIngestor(self.receiver.ingestor, self.metrics)  # type: ignore[assignment]
             self.services.append(self.receiver)
         if "worker" in roles and not worker_here:
-            self.worker_role = WorkerRoleProcess(settings)
+            self.worker_role = WorkerRoleProcess(settings, self.metrics)
             self.services.append(self.worker_role)
         if worker_here:
             from dicomnode.jobs.scheduler import NodeScheduler
