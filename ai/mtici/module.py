@@ -37,10 +37,12 @@ from ai.mtici.losses import MultiHeadLoss
 from ai.mtici.metrics import grade_metrics
 from ai.mtici.network import CVFSNet, NetworkConfig, build_network
 from ai.mtici.selection import SelectionConfig, select_pair
-from ai.mtici.synthetic import SyntheticCase, generate
+from ai.mtici.synthetic import SyntheticCase, generate, rerender
 
 #: The bundled model's clip: 8 frames like the method, 32² so that CPU training fits.
 BUNDLED_CLIP = (8, 32, 32)
+#: Matrix of the runs ``dicomnode synth mtici`` writes: CVFSNet's input size (8×256×256).
+DICOM_SIZE = 256
 _MODE_OF_WIDTH = {4: "4class", 5: "5class", 2: "binary"}
 
 logger = logging.getLogger(__name__)
@@ -195,9 +197,17 @@ class MticiModule(AIModule):
         return str(sample.grade)
 
     def write_dicom(self, samples: Sequence[Any], out_dir: Path) -> list[Path]:
-        """Each synthetic pair as one XA study (frontal + lateral run) under ``out_dir``."""
+        """Each synthetic pair as one XA study (frontal + lateral run) under ``out_dir``.
+
+        Generated cases are drawn again at :data:`DICOM_SIZE`² (same head, grade and
+        timing as the 64² training draw): the runs a PACS sends are not 64² thumbnails,
+        and the quality gate the node runs first rates what it was trained on.
+        """
         paths: list[Path] = []
         for sample in samples:
+            if isinstance(sample, SyntheticCase) and "seed" in sample.info \
+                    and sample.frontal.shape[-1] < DICOM_SIZE:
+                sample = rerender(sample, DICOM_SIZE)
             paths.extend(write_study(sample, Path(out_dir) / sample.case_id))
         return paths
 
