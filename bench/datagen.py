@@ -6,7 +6,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    ExplicitVRLittleEndian, MRImageStorage, XRayAngiographicImageStorage, generate_uid,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    XRayAngiographicImageStorage,
+    generate_uid,
 )
 
 ROOT_UID = "1.2.826.0.1.3680043.10.1495.8."

@@ -87,3 +87,45 @@ def test_writes_behind_a_commit_are_committed_together(tmp_path: Path) -> None:
     db.dispose()
     assert count == 7
     assert committed == 2  # the slow one's, then all six in one
+
+
+def test_one_instance_twice_in_a_batch_is_indexed_once_the_later_replacing_the_earlier(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    from dicomnode.storage.ingest import Ingestor
+    from dicomnode.storage.models import Instance
+    from dicomnode.storage.spool import Spool
+
+    db = open_database(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    ingestor = Ingestor(db, Spool(tmp_path / "spool"))
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = "1.2.3", "1.2.3.4", "MR"
+    leader_in = threading.Event()
+    results: dict[str, Any] = {}
+
+    def slow(session: Any) -> None:
+        session.add(Event(kind="slow", detail={}))
+        leader_in.set()
+        time.sleep(0.5)
+
+    def index(path: str) -> None:
+        results[path] = ingestor.group.run(lambda s: ingestor._index(
+            s, ds, path, path[-1] * 64, 1, "1.2.840.10008.1.2.1", "A", False))
+
+    first = threading.Thread(target=ingestor.group.run, args=(slow,))
+    first.start()
+    assert leader_in.wait(10)
+    twice = [threading.Thread(target=index, args=(p,)) for p in ("a/x-1.dcm", "a/x-2.dcm")]
+    for t in twice:
+        t.start()
+    time.sleep(0.2)  # both queued behind the slow batch: they share the next one
+    for t in [first, *twice]:
+        t.join(20)
+    with db.session() as s:
+        rows = s.scalars(select(Instance.path)).all()
+    db.dispose()
+    assert len(rows) == 1
+    later = rows[0]
+    earlier = "a/x-1.dcm" if later == "a/x-2.dcm" else "a/x-2.dcm"
+    assert results == {earlier: None, later: earlier}  # the later one reports the path it replaced
