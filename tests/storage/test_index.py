@@ -229,3 +229,35 @@ def test_a_foreign_sqlite_lock_answers_every_writer_within_about_one_busy_timeou
         assert s.scalar(select(func.count(Instance.id))) == 1
     assert len([p for p in spool.root.rglob("*.dcm") if p.parent != spool.tmp]) == 1
     db.dispose()
+
+
+def test_upgrade_from_0001_keeps_the_outbox_rows(database_url: str) -> None:
+    """A node installed before migration 0002 (delivery.claimed_by) upgrades with its
+    pending deliveries intact, each unclaimed."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from dicomnode.storage.db import MIGRATIONS_DIR
+    from dicomnode.storage.models import Delivery
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = create_engine(database_url)
+    cfg.attributes["connection_engine"] = engine
+    command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO result (id, study_instance_uid, module, kind, sop_instance_uid, sop_class_uid,"
+            " series_instance_uid, path, superseded_by, created_at, findings) VALUES (1, '1.2', 'm', 'SR',"
+            " '1.2.3', '1.2.840.10008.5.1.4.1.1.88.33', '1.2.4', 'a/b.dcm', '', '2026-01-01', '{}')"))
+        conn.execute(text(
+            "INSERT INTO delivery (result_fk, destination, state, attempts, last_error, created_at)"
+            " VALUES (1, 'pacs', 'pending', 2, 'down', '2026-01-01')"))
+    engine.dispose()
+    db = open_database(database_url)  # upgrades to the newest revision
+    with db.session() as s:
+        (row,) = s.scalars(select(Delivery)).all()
+    assert (row.destination, row.state, row.attempts, row.last_error, row.claimed_by) == (
+        "pacs", "pending", 2, "down", "")
+    db.dispose()
