@@ -27,7 +27,7 @@ SUBCOMMANDS = (
     "status",
     "studies",
     "config_cmd",
-    "jobs", "route",
+    "jobs", "deliveries", "route",
     "train", "evaluate", "models", "synth",
 )
 
