@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -287,3 +287,31 @@ def decode_run(logits: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
         start=s_i, apex=a_i, end=e_i,
         confidences=(c0, float(np.sqrt(max(c0, 0.0) * max(c1, 0.0))), c1),
     )
+
+
+def opacification_apex(curve: np.ndarray, start: int, end: int) -> int:
+    """Frame of the most opacified vessel between ``start`` and ``end`` (0-based).
+
+    ``curve`` is the vessel maps' sum per frame, smoothed over 3 frames.  The whole
+    tree peaks after the ostium does (distal filling delay), so this is a second,
+    biased estimate of the apex that :func:`blend_apex` weighs against the segments'.
+    """
+    c = np.convolve(np.asarray(curve, np.float64), np.ones(3) / 3.0, mode="same")
+    if end <= start:
+        return int(np.argmax(c))
+    return start + int(np.argmax(c[start:end + 1]))
+
+
+def blend_apex(det: Detection, curve: np.ndarray, blend: Mapping[str, float]) -> Detection:
+    """The apex as ``segment * a + curve * b + bias`` (clipped to [start, end]).
+
+    ``blend`` (``{"segment", "curve", "bias"}``) is fitted by least squares on held-out
+    runs (:mod:`ai.keyframes.calibrate`) and saved in the model's decoding config.
+    """
+    s, a, e = det.keyframes
+    curve_apex = opacification_apex(curve, s, e)
+    value = (float(blend["segment"]) * a + float(blend["curve"]) * curve_apex
+             + float(blend["bias"]))
+    apex = int(np.clip(round(value), s, max(s, e)))
+    info = {**det.info, "apex_segment": a, "apex_curve": curve_apex}
+    return replace(det, apex=apex, info=info)

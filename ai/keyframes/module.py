@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from ai.core.contract import (
 )
 from ai.core.models import LoadedModel
 from ai.keyframes.datasets import load_vessel_json, write_vessel_json
-from ai.keyframes.detection import Detection, decode_run, detection_loss
+from ai.keyframes.detection import Detection, blend_apex, decode_run, detection_loss
 from ai.keyframes.metrics import keyframe_metrics
 from ai.keyframes.network import DEFAULT_NETWORK, KeyframesNet, pyramid_points
 from ai.keyframes.synthetic import KeyframeSample, SyntheticRuns
@@ -144,9 +145,14 @@ class KeyframesModule(AIModule):
             mask = (torch.arange(length, device=model.device) < t)[None]
             out = net(padded, mask)
             dec = model.config.get("decoding", {})
-            return decode_run([o[0] for o in out["logits"]], [o[0] for o in out["offsets"]],
-                              [m[0] for m in out["masks"]], net.points(length, model.device),
-                              t, **decoding_options(dec))
+            det = decode_run([o[0] for o in out["logits"]], [o[0] for o in out["offsets"]],
+                             [m[0] for m in out["masks"]], net.points(length, model.device),
+                             t, **decoding_options(dec))
+            curve = maps.flatten(1).sum(1).cpu().numpy()
+            det = replace(det, info={**det.info, "opacification": curve})
+            if dec.get("apex_blend"):
+                det = blend_apex(det, curve, dec["apex_blend"])
+            return det
 
     def findings_from_detection(self, det: Detection, inst: InstanceView, fps: float | None,
                                 model: LoadedModel) -> Findings:

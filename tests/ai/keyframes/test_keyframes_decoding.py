@@ -4,7 +4,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ai.keyframes.detection import consistent_pair, decode_run, vote_boundaries
+from ai.keyframes.calibrate import fit_blend
+from ai.keyframes.detection import (
+    Detection,
+    blend_apex,
+    consistent_pair,
+    decode_run,
+    opacification_apex,
+    vote_boundaries,
+)
 
 
 def test_the_pair_read_is_the_best_one_in_which_filling_comes_first() -> None:
@@ -44,3 +52,30 @@ def test_decoding_reads_start_apex_end_off_the_two_segments() -> None:
     det = decode_run(logits, offsets, masks, points, 60, voting_thresh=0.6, pair_topk=10)
     assert det.keyframes == (10, 20, 40)
     assert 0.85 < det.confidences[0] < 0.95
+
+
+def test_opacification_apex_is_the_smoothed_peak_between_start_and_end() -> None:
+    curve = np.zeros(40)
+    curve[24:27] = [150.0, 300.0, 150.0]  # smoothed over 3 frames: 200 at frame 25
+    curve[10:14] = 60.0        # a broad plateau before it: smoothed, 60 at most
+    assert opacification_apex(curve, 5, 30) == 25
+    assert opacification_apex(curve, 5, 20) in (11, 12)  # the peak inside the range
+
+
+def test_blend_apex_weighs_the_two_estimates_and_stays_between_start_and_end() -> None:
+    det = Detection(segments=np.zeros((0, 2)), scores=np.zeros(0), labels=np.zeros(0),
+                    start=10, apex=20, end=40)
+    curve = np.zeros(50)
+    curve[29:32] = [0.5, 1.0, 0.5]
+    got = blend_apex(det, curve, {"segment": 0.5, "curve": 0.5, "bias": -1.0})
+    assert (got.start, got.apex, got.end) == (10, 24, 40)  # 0.5*20 + 0.5*30 - 1
+    assert got.info["apex_segment"] == 20 and got.info["apex_curve"] == 30
+    late = blend_apex(det, curve, {"segment": 0.0, "curve": 2.0, "bias": 0.0})
+    assert late.apex == 40  # clipped to the end
+
+
+def test_fit_blend_recovers_known_weights() -> None:
+    rng = np.random.default_rng(0)
+    seg, cur = rng.uniform(10, 60, 200), rng.uniform(10, 60, 200)
+    rows = np.c_[seg, cur, 0.3 * seg + 0.6 * cur - 2.0]
+    assert fit_blend(rows) == {"segment": 0.3, "curve": 0.6, "bias": -2.0}
