@@ -169,7 +169,8 @@ def soft_nms(segments: np.ndarray, scores: np.ndarray, sigma: float = 0.5,
              min_score: float = 1e-3, max_keep: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian soft-NMS of 1-D segments: each pick decays overlapping scores."""
     segs, sc = segments.copy(), scores.copy()
-    keep_s, keep_c = [], []
+    keep_s: list[np.ndarray] = []
+    keep_c: list[float] = []
     while len(sc) and len(keep_c) < max_keep:
         i = int(np.argmax(sc))
         if sc[i] < min_score:
@@ -249,8 +250,8 @@ def decode_run(logits: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
     top, idx = flat.topk(min(k, flat.numel()))
     pt, cls = idx // scores.shape[1], idx % scores.shape[1]
     t, stride = points[pt, 0], points[pt, 3]
-    seg = torch.stack([t - off[pt, 0] * stride, t + off[pt, 1] * stride], dim=1)
-    seg = seg.clamp(0, num_frames - 1).cpu().numpy()
+    seg = torch.stack([t - off[pt, 0] * stride, t + off[pt, 1] * stride],
+                      dim=1).clamp(0, num_frames - 1).cpu().numpy()
     top_np, cls_np = top.cpu().numpy(), cls.cpu().numpy()
     all_s, all_c, all_l = [], [], []
     kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,11 @@ class HessianVesselness(nn.Module):
     maximum over scales, scaled by ``gain`` and clipped to [0, 1].
     """
 
+    g0: torch.Tensor  # buffers (registered in __init__)
+    g1: torch.Tensor
+    g2: torch.Tensor
+    s2: torch.Tensor
+
     def __init__(self, sigmas: Sequence[float] = (0.7, 1.1, 1.6), gain: float = 8.0) -> None:
         super().__init__()
         self.gain = gain
@@ -130,7 +135,7 @@ def vessel_stage(config: Mapping[str, Any]) -> nn.Module:
                          features=tuple(config["unet_features"]), dropout=0.0)
         # Vessel covers ~3 % of a frame: start every pixel there (logit -3.5) instead of
         # at 0.5, or the temporal net first sees maps that are half "vessel" everywhere.
-        nn.init.constant_(unet.final_conv.bias, -3.5)  # type: ignore[arg-type]
+        nn.init.constant_(cast(torch.Tensor, unet.final_conv.bias), -3.5)
         return unet
     if config["vessel"] == "filter":
         return HessianVesselness(tuple(config["filter_sigmas"]))
@@ -170,7 +175,7 @@ class ConvLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _, hgt, wid = x.shape
         seq = x
-        for cell in self.cells:
+        for cell in cast(Sequence[ConvLSTMCell], self.cells):
             h = x.new_zeros(b, cell.hidden, hgt, wid)
             c = torch.zeros_like(h)
             outs = []
@@ -377,7 +382,7 @@ class PointHeads(nn.Module):
         self.reg_out = Convolution(1, dim, 2, kernel_size=3, conv_only=True)
         self.scales = nn.ModuleList(Scale() for _ in range(levels))
         # Focal-loss prior: every point starts as background with p = prior_prob.
-        bias = self.cls_out.conv.bias  # type: ignore[union-attr]
+        bias = cast(torch.Tensor, cast(nn.Conv1d, self.cls_out.conv).bias)
         nn.init.constant_(bias, -math.log((1 - prior_prob) / prior_prob))
 
     @staticmethod
@@ -410,6 +415,8 @@ class KeyframesNet(nn.Module):
     config : mapping
         :data:`DEFAULT_NETWORK` keys.
     """
+
+    train_steps: torch.Tensor  # buffer: optimiser steps taken (the training schedule)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()

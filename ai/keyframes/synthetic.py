@@ -362,7 +362,7 @@ def render_run(params: RunParams, size: int = 64, supersample: int = 4
     thick_k = onehot * torch.from_numpy(thick.reshape(1, -1)) * rng.uniform(25.0, 40.0)
     centres = 0.5 * (bins[:-1] + bins[1:])
     weights = curve(times[:, None] - centres[None]).astype(np.float32)  # (T, K)
-    cath = torch.from_numpy(cath_thick * rng.uniform(60.0, 100.0))
+    cath_t = torch.from_numpy(cath_thick * rng.uniform(60.0, 100.0))
 
     # Motion: cardiac contraction + twist about the heart centre, breathing translation.
     hr = rng.uniform(60.0, 100.0) / 60.0
@@ -389,7 +389,7 @@ def render_run(params: RunParams, size: int = 64, supersample: int = 4
         w = torch.from_numpy(weights[sl])
         dense = torch.stack([(w @ thick_k).reshape(n, render, render),
                              ((w >= KEYFRAME_THRESHOLD).float() @ onehot).reshape(n, render, render),
-                             cath.expand(n, render, render)], dim=1)
+                             cath_t.expand(n, render, render)], dim=1)
         # Inverse map: where in the reference frame each output pixel comes from.
         sx = torch.from_numpy(shift[sl, 0].astype(np.float32))[:, None, None]
         sy = torch.from_numpy(shift[sl, 1].astype(np.float32))[:, None, None]
