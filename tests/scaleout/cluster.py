@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,27 @@ def advisory_holders(database_url: str) -> list[int]:
     finally:
         engine.dispose()
     return [int(r[0]) for r in rows]
+
+
+def ancestor_in(pid: int | None, candidates: Iterable[int]) -> int | None:
+    """``pid`` or its nearest ancestor among ``candidates`` (walking /proc/<pid>/stat).
+
+    ``dicomnode run`` runs its worker role (scheduler, worker pool) in a child process,
+    so the process holding the scheduler lock or running a job is a descendant of the
+    node process the test started, not that process itself.
+    """
+    wanted = set(candidates)
+    for _ in range(16):
+        if pid is None or pid <= 1:
+            return None
+        if pid in wanted:
+            return pid
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)" and state
+    return None
 
 
 def pid_of_local_port(port: int) -> int | None:

@@ -26,6 +26,7 @@ from conftest import free_port
 from scaleout.cluster import (
     HostNode,
     advisory_holders,
+    ancestor_in,
     create_database,
     marks,
     node_config,
@@ -84,7 +85,7 @@ def _run(nodes: list[HostNode], db: Any, url: str, orthanc: Any, marks_file: Pat
     # One scheduler: one advisory lock holder, and it is one of our two nodes.
     holder_port = wait_for(lambda: advisory_holders(url), 60, "a node to take the scheduler lock")
     assert len(holder_port) == 1
-    holder = pids[pid_of_local_port(holder_port[0])]
+    holder = pids[ancestor_in(pid_of_local_port(holder_port[0]), pids)]
     standby = b if holder is a else a
     wait_for(lambda: "standing by" in standby.log(), 30, "the other node to stand by")
     assert "scheduler started" in holder.log() and "scheduler started" not in standby.log()
@@ -122,7 +123,8 @@ def _run(nodes: list[HostNode], db: Any, url: str, orthanc: Any, marks_file: Pat
     ends = collections.Counter(m[3] for m in seen if m[0] == "end")
     assert starts == ends == collections.Counter(uids)
     # Both nodes' workers took jobs (SKIP LOCKED shares the queue).
-    by_node = collections.Counter(m[2] for m in seen if m[0] == "end")
+    # (The mark's parent pid is the node's worker-role child; mapped while it is alive.)
+    by_node = collections.Counter(ancestor_in(m[2], pids) for m in seen if m[0] == "end")
     assert set(by_node) == set(pids), by_node
     # One result set per job, each delivered once to Orthanc, which holds them all.
     assert collections.Counter((r.job_fk, r.kind) for r in results) == collections.Counter(
@@ -171,7 +173,7 @@ def _run(nodes: list[HostNode], db: Any, url: str, orthanc: Any, marks_file: Pat
     push(a.port, [path])
     start = wait_for(lambda: [m for m in marks(marks_file) if m[0] == "start" and m[3] == study],
                      120, "the long job to start")[0]
-    victim = pids[start[2]]
+    victim = pids[ancestor_in(start[2], pids)]
     survivor = b if victim is a else a
     victim.kill()
     with db.session() as s:
@@ -189,7 +191,7 @@ def _run(nodes: list[HostNode], db: Any, url: str, orthanc: Any, marks_file: Pat
     assert event.at >= expires and "scaleout-" in event.detail["reason"]
     long_marks = [m for m in marks(marks_file) if m[3] == study]
     assert [m[0] for m in long_marks] == ["start", "start", "end"]
-    assert long_marks[2][2] == survivor.proc.pid
+    assert ancestor_in(long_marks[2][2], pids) == survivor.proc.pid
     assert sorted(r.kind for r in results) == ["SC", "SR"] and {r.job_fk for r in results} == {done.id}
     wait_for(lambda: {r.sop_instance_uid for r in results} <= orthanc.sop_instance_uids(), 60,
              "the long job's results in Orthanc")
@@ -197,7 +199,8 @@ def _run(nodes: list[HostNode], db: Any, url: str, orthanc: Any, marks_file: Pat
         rows = list(s.scalars(select(Delivery).where(Delivery.result_fk.in_([r.id for r in results]))))
     assert [(d.state, d.attempts) for d in rows] == [("delivered", 1)] * 2
     # The survivor holds the scheduler lock now (it took it over if the victim held it).
-    wait_for(lambda: [pid_of_local_port(p) for p in advisory_holders(url)] == [survivor.proc.pid], 30,
+    wait_for(lambda: [ancestor_in(pid_of_local_port(p), pids)
+                      for p in advisory_holders(url)] == [survivor.proc.pid], 30,
              "the survivor to hold the scheduler lock")
 
 
