@@ -71,6 +71,10 @@ class Peer:
     def prepare(self, storage: Path) -> None:
         """Write config files before start (Orthanc, dicomnode)."""
 
+    def env(self) -> dict[str, str]:
+        """Environment the peer runs with, beyond the bench's own."""
+        return {}
+
     def start(self) -> None:
         storage = self.workdir / self.name
         shutil.rmtree(storage, ignore_errors=True)
@@ -79,7 +83,7 @@ class Peer:
         self.prepare(storage)
         log = open(storage.with_suffix(".log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(self.command(storage), stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env()})
         self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -129,7 +133,17 @@ class DicomNode(Peer):
 
 
 class StoreSCP(Peer):
-    """dcmtk storescp; ``bit_preserving`` adds +B (stream to disk as received)."""
+    """dcmtk storescp; ``bit_preserving`` adds +B (stream to disk as received).
+
+    It runs with ``TCP_NODELAY=1``: Debian's dcmtk leaves Nagle on, and a C-STORE-RSP
+    written in two pieces then waits for the sender's delayed ACK (40 ms), which caps
+    storescp at ~20 instances/s on one association (measured: 50 instances in 2.3 s
+    as shipped, 0.09 s with TCP_NODELAY=1).  The peer should be at its best; dicomnode
+    turns Nagle off on its own sockets.
+    """
+
+    def env(self) -> dict[str, str]:
+        return {"TCP_NODELAY": "1"}
 
     def command(self, storage: Path) -> list[str]:
         cmd = ["/usr/bin/storescp", "--fork", "-aet", self.aetitle, "-od", str(storage)]
