@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import event, select
 
 from dicomnode.storage.db import open_database
-from dicomnode.storage.ingest import GroupCommit
+from dicomnode.storage.groupcommit import GroupCommit
 from dicomnode.storage.models import Event
 
 
