@@ -122,3 +122,15 @@ def test_the_receiver_process_does_not_import_torch_at_start() -> None:
     code = "import dicomnode.app, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_recording_a_storage_commitment_report_does_not_import_highdicom() -> None:
+    """The receiving process records commitment reports through the outbox; highdicom
+    (~30 MB, only for building results) must not come with it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dicomnode.results import record_commitment; "
+            "print('highdicom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -49,16 +49,37 @@ All codes: :mod:`ai.core.codes` (adapted for highdicom in :mod:`dicomnode.result
 """
 from __future__ import annotations
 
-from dicomnode.results.build import BuildOptions, ResultObject, build_results
-from dicomnode.results.outbox import (
-    DeliveryReport,
-    deliver_due,
-    pending_deliveries,
-    pending_summary,
-    record_commitment,
-)
-from dicomnode.results.srread import read_findings
-from dicomnode.results.store import StoredResult, store_results
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dicomnode.results.build import BuildOptions, ResultObject, build_results
+    from dicomnode.results.outbox import (
+        DeliveryReport,
+        deliver_due,
+        pending_deliveries,
+        pending_summary,
+        record_commitment,
+    )
+    from dicomnode.results.srread import read_findings
+    from dicomnode.results.store import StoredResult, store_results
+
+#: Where each public name lives.  Imported on first use (PEP 562): the receiving
+#: process records Storage Commitment reports through the outbox and must not pay for
+#: highdicom (~30 MB), which only building objects needs.
+_WHERE = {
+    "BuildOptions": "build", "ResultObject": "build", "build_results": "build",
+    "DeliveryReport": "outbox", "deliver_due": "outbox", "pending_deliveries": "outbox",
+    "pending_summary": "outbox", "record_commitment": "outbox",
+    "read_findings": "srread", "StoredResult": "store", "store_results": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"dicomnode.results.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'dicomnode.results' has no attribute {name!r}")
+
 
 __all__ = [
     "BuildOptions",

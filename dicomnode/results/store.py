@@ -23,17 +23,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicomnode.log import bind
-from dicomnode.results.build import ResultObject
 from dicomnode.storage.db import Database
 from dicomnode.storage.index import get_or_create
 from dicomnode.storage.models import Delivery, Instance, Patient, Result, Series, Study, utcnow
 from dicomnode.storage.spool import Spool
+
+if TYPE_CHECKING:  # highdicom stays out of processes that only deliver or record
+    from dicomnode.results.build import ResultObject
 
 logger = logging.getLogger(__name__)
 
