@@ -6,7 +6,11 @@ mid-grey background, vessels dark while the bolus passes.  Every label follows
 from the parameters, not from the pixels:
 
 - contrast: a vessel tree (ICA → MCA/ACA) opacified by a gamma-variate bolus, or
-  no tree (guide catheter only, itself a nuisance in half the runs);
+  no tree (guide catheter only, itself a nuisance in half the runs).  Half the AP
+  and lateral contrast runs are drawn in the *perfusion* style instead: the matching
+  view of a projected 3-D territory model (:mod:`ai.mtici.synthetic`) fitted into
+  the skull, with dense parenchymal blush and faint or no skull residue, so the
+  model knows more than one look of an opacified run;
 - projection: the head's outline and anatomy: AP = taller-than-wide skull with a
   central midline and two orbits; lateral = wider-than-tall skull with the face
   on one side and the skull base; oblique = near-round skull, off-centre midline,
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +61,12 @@ MOTION_RANGE = {"none": (0.0, 0.0), "mild": (0.012, 0.025), "severe": (0.04, 0.0
 NOISE_RANGE = {"mild": (0.006, 0.014), "severe": (0.035, 0.06)}
 SKULL_MARGIN = 0.03  # complete: at least this far inside the field
 SKULL_OVERSHOOT = 0.05  # truncated: at least this far past an edge
+#: Share of contrast runs in AP or lateral projection drawn in the "perfusion" style:
+#: the capillary phase of projected 3-D territories (:mod:`ai.mtici.synthetic`, whose
+#: runs the node rates before grading them), dense parenchymal blush, faint or no
+#: skull residue.  Without it the model knew one look of a DSA run and rated every
+#: other look (mtici's biplane runs among them) as contrast absent / motion severe.
+PERFUSION_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ class RunParams:
     primary_angle: float = 0.0
     secondary_angle: float = 0.0
     frame_time_ms: float = 250.0
+    style: str = "tree"  # "tree" (drawn 2-D arteries) or "perfusion" (projected 3-D territories)
+    bone_residue: float = 0.09
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,7 +160,7 @@ def draw_params(rng: np.random.Generator, seed: int, frames: tuple[int, int] = (
     primary = {"ap": rng.uniform(-8, 8), "lateral": side * rng.uniform(85, 95),
                "oblique": side * rng.uniform(20, 40)}[proj]
     labels["suitable"] = suitable_rule(labels)
-    return RunParams(
+    params = RunParams(
         seed=seed, labels=labels, frames=int(rng.integers(frames[0], frames[1] + 1)),
         cx=float(cx), cy=float(cy), rx=float(rx), ry=float(ry), tilt=float(tilt), side=side,
         shutter=shutter,
@@ -163,6 +175,12 @@ def draw_params(rng: np.random.Generator, seed: int, frames: tuple[int, int] = (
         secondary_angle=round(float(rng.uniform(-15, 15)), 1),
         frame_time_ms=float(rng.choice([125.0, 166.7, 250.0, 333.3, 500.0])),
     )
+    # Drawn last, so every other parameter of a seed is what it was before styles came.
+    perfusion = rng.random() < PERFUSION_SHARE
+    residue = float(rng.uniform(0.0, 0.09))
+    if perfusion and labels["contrast"] == "present" and proj in ("ap", "lateral"):
+        params = replace(params, style="perfusion", bone_residue=residue)
+    return params
 
 
 # ---------------------------------------------------------------------------
@@ -374,13 +392,16 @@ def render_run(p: RunParams, size: int = 256, frames: int | None = None) -> np.n
     bone = _bone(p, size, rng)
     tree, segments = _vessels(p, size, rng)
     blush = _blush(p, size)
+    perfusion = _perfusion(p, size, n) if p.style == "perfusion" else None
+    if perfusion is not None and p.device_kind:
+        segments = [([_clear_spot(p, perfusion, segments)], 0)]
     device = _device(p, size, rng, segments) if p.device_kind else None
     catheter = _catheter(p, size) if p.catheter else None
     text = _text(p, size, rng) if p.text_corner >= 0 else None
     lowfreq = ndimage.zoom(rng.normal(0, 0.015, (8, 8)).astype(np.float32), size / 8, order=1)
     static = (BACKGROUND + lowfreq).astype(np.float32)
     # Imperfect log subtraction leaves a faint outline of the skull even without motion.
-    static -= 0.09 * bone
+    static -= p.bone_residue * bone
     if catheter is not None:
         static -= 0.35 * catheter
     shifts = _shifts(p, rng) * size
@@ -393,7 +414,10 @@ def render_run(p: RunParams, size: int = 256, frames: int | None = None) -> np.n
     for i in range(n):
         frame = static.copy()
         dy, dx = float(shifts[i, 0]), float(shifts[i, 1])
-        moving = p.contrast_strength * (art[i] * tree + 0.25 * par[i] * blush)
+        if perfusion is not None:
+            moving = BACKGROUND * perfusion[i]
+        else:
+            moving = p.contrast_strength * (art[i] * tree + 0.25 * par[i] * blush)
         if device is not None:  # platinum coils and markers are far denser than contrast
             moving = moving + 0.7 * device
         if dy or dx:
@@ -416,6 +440,75 @@ def render_run(p: RunParams, size: int = 256, frames: int | None = None) -> np.n
         if text is not None:  # annotations are burned in last, over the shutters too
             frame = np.maximum(frame, text)
         out[i] = np.clip(frame * MAX_VALUE, 0, MAX_VALUE).astype(np.uint16)
+    return out
+
+
+def _clear_spot(p: RunParams, perfusion: np.ndarray, segments: list[Any]) -> tuple[float, float]:
+    """Where a device goes in a perfusion-style run: the point nearest the one the
+    tree style would use whose blush stays under 30 % of the background at its peak.
+
+    A coil inside a saturated overlay would be subtracted into the same black and
+    its "present" label unreadable; operators do not drop coils there either.
+    """
+    pts = segments[min(2, len(segments) - 1)][0]
+    x, y = pts[len(pts) // 2]
+    size = perfusion.shape[-1]
+    # Clear over the device's whole footprint (a stent spans ~0.15 of the field), not
+    # only at its centre: half a coil over black blush reads as no coil.
+    peak = ndimage.maximum_filter(perfusion.max(axis=0), size=max(3, round(0.16 * size)))
+    rows, cols = np.nonzero(peak < 0.3)
+    if len(rows) == 0:  # pragma: no cover - the field outside the head is always clear
+        return float(x), float(y)
+    cy, cx = (rows + 0.5) / size, (cols + 0.5) / size
+    # Keep it off the shutters and away from the field's edge.
+    margin = 0.06
+    ok = (cx > margin + p.shutter[0]) & (cx < 1 - margin - p.shutter[1]) & \
+        (cy > margin + p.shutter[2]) & (cy < 1 - margin - p.shutter[3])
+    if ok.any():
+        cx, cy = cx[ok], cy[ok]
+    i = int(np.argmin((cx - x) ** 2 + (cy - y) ** 2))
+    return float(cx[i]), float(cy[i])
+
+
+#: Half-width of the head in a :mod:`ai.mtici.synthetic` view, as a fraction of its field.
+_MTICI_HEAD = 0.86
+
+
+def _perfusion(p: RunParams, size: int, frames: int) -> np.ndarray:
+    """Opacity (T, size, size) in [0, 1] of a projected 3-D territory model, fitted
+    into this run's skull: the view of :mod:`ai.mtici.synthetic` that matches the
+    projection, its time axis resampled to ``frames`` and its head ellipse mapped onto
+    the skull's (tilt included).  Its own noise and misregistration are off: this
+    run's noise and motion labels add them.
+    """
+    from ai.mtici.synthetic import SyntheticConfig, generate_case
+
+    # Overlay densities from mtici's earlier faint setting to its saturating one: the
+    # blush of a real capillary phase varies as much from run to run.
+    cfg = SyntheticConfig(noise=(0.0, 0.0), misregistration_px=0, overlay_gain=(2.5, 14.0))
+    case = generate_case(np.random.default_rng([p.seed, 1]), cfg, "quality")
+    view = case.frontal if p.labels["projection"] == "ap" else case.lateral
+    # The injected hemisphere (AP) or the face (lateral) on the side the run says.
+    flip = (p.side < 0) if p.labels["projection"] == "ap" else (p.side > 0)
+    opacity = 1.0 - np.clip(view[:, :, ::-1] if flip else view, 0.0, 1.0)
+    src = np.linspace(0.0, len(opacity) - 1.0, frames)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, len(opacity) - 1)
+    w = (src - lo).astype(np.float32)[:, None, None]
+    timed = opacity[lo] * (1 - w) + opacity[hi] * w
+    m = view.shape[-1]
+    # Output pixel (row, col) → field (y, x) → head frame (v, u) untilted → source pixel.
+    t = math.radians(p.tilt)
+    c, s = math.cos(t), math.sin(t)
+    sx = m / 2.0 * _MTICI_HEAD / (p.rx * size)  # source pixels per output pixel, along u
+    sy = m / 2.0 * _MTICI_HEAD / (p.ry * size)
+    matrix = np.array([[c * sy, -s * sy], [s * sx, c * sx]], dtype=np.float64)
+    centre_out = np.array([p.cy * size - 0.5, p.cx * size - 0.5])
+    offset = np.array([m / 2.0 - 0.5, m / 2.0 - 0.5]) - matrix @ centre_out
+    out = np.empty((frames, size, size), dtype=np.float32)
+    for i in range(frames):
+        out[i] = ndimage.affine_transform(timed[i], matrix, offset=offset, output_shape=(size, size),
+                                          order=1, mode="constant", cval=0.0)
     return out
 
 

@@ -14,7 +14,17 @@ from ai.core.contract import InstanceView, SeriesView, StudyView
 from ai.core.dicomio import study_views_from_files
 from ai.quality.datasets import QualitySample, load_csv
 from ai.quality.module import QualityModule
-from ai.quality.synthetic import MOTION_RANGE, SKULL_MARGIN, SKULL_OVERSHOOT, skull_clearance
+from ai.quality.synthetic import (
+    BACKGROUND,
+    MAX_VALUE,
+    MOTION_RANGE,
+    PERFUSION_SHARE,
+    SKULL_MARGIN,
+    SKULL_OVERSHOOT,
+    draw_params,
+    render_run,
+    skull_clearance,
+)
 from ai.quality.transforms import QualityPreprocess, minip_from_file
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
@@ -232,3 +242,19 @@ def test_every_draw_places_the_skull_even_under_heavy_shutters() -> None:
         clearance = skull_clearance(p)
         assert clearance >= SKULL_MARGIN if p.labels["skull"] == "complete" else (
             clearance <= -SKULL_OVERSHOOT)
+
+
+def test_perfusion_style_runs_are_contrast_runs_in_ap_or_lateral_with_dense_blush() -> None:
+    params = [draw_params(np.random.default_rng(i), i) for i in range(300)]
+    perfusion = [p for p in params if p.style == "perfusion"]
+    eligible = [p for p in params if p.labels["contrast"] == "present"
+                and p.labels["projection"] in ("ap", "lateral")]
+    # About PERFUSION_SHARE of the eligible runs (binomial, n ≈ 170: ± 4 sd = ± 0.15).
+    assert abs(len(perfusion) / len(eligible) - PERFUSION_SHARE) < 0.15
+    assert {p.labels["contrast"] for p in perfusion} == {"present"}
+    assert {p.labels["projection"] for p in perfusion} <= {"ap", "lateral"}
+    for p in perfusion[:3]:
+        minip = render_run(p, 128).min(axis=0) / MAX_VALUE
+        # Parenchymal blush: a broad dark area, not only thin vessels.
+        inside = minip[32:96, 32:96]
+        assert np.mean(inside < 0.6 * BACKGROUND) > 0.05, p.seed

@@ -58,6 +58,26 @@ def test_the_bundled_model_meets_the_auc_target_on_a_fresh_seed(module: QualityM
     assert all(v is not None and v >= AUC_TARGET for v in metrics["auc"].values()), metrics["auc"]
 
 
+@pytest.mark.slow
+def test_the_bundled_model_rates_the_runs_synth_mtici_writes_suitable(
+    module: QualityModule, tmp_path: Path
+) -> None:
+    """The gate mtici reads: its synthetic pairs (256², perfusion phase, no skull
+    residue) are contrast runs without severe motion or noise, so they pass."""
+    from ai.mtici.module import MticiModule
+
+    mtici = MticiModule()
+    paths = mtici.write_dicom(mtici.synthetic(3, 20261), tmp_path)
+    model = load_model(module.bundled_model_path(), module)
+    rated = []
+    for view in study_views_from_files(paths):
+        for case in module.select(view).cases:
+            findings = module.predict(case, model)
+            rated.append((findings.gate["suitable"], findings.extra["classes"]))
+    assert len(rated) == 6 and all(ok for ok, _ in rated), rated
+    assert all(classes["contrast"] == "present" for _, classes in rated), rated
+
+
 def test_the_bundled_model_is_small_and_documents_its_command(module: QualityModule) -> None:
     path = module.bundled_model_path()
     meta = read_metadata(path)
