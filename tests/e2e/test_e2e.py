@@ -188,20 +188,13 @@ def test_quality_labels_in_the_sr_orthanc_received_match_the_synthetic_labels(e2
         f"{agree}/{total} labels agree:\n" + "\n".join(map(str, table))
 
 
-#: Known integration bug (issue #10 report): the bundled quality model rates every run
-#: ``dicomnode synth mtici`` writes "unsuitable" (contrast absent / motion severe on its
-#: 64² runs), so mtici, which skips runs quality gated, never grades them.
-MTICI_GATED = "rated unsuitable by quality"
-
-
 def test_mtici_grade_in_the_sr_orthanc_received_is_within_one_of_the_truth(e2e: E2ERun) -> None:
     _require_model("mtici")
     truth = T.mtici_truth(COUNTS["mtici"], SEED)
     for study in e2e.studies["mtici"]:
+        # Graded, not skipped: quality (which runs first) rated both runs suitable.
         (job,) = [j for j in e2e.outcomes[study].jobs if j["module"] == "mtici"]
-        if job["state"] == "done" and not job["summary"].get("findings") \
-                and MTICI_GATED in job["reason"]:
-            pytest.xfail(f"known bug: quality gates the synthetic mtici runs: {job['reason']}")
+        assert job["state"] == "done" and job["summary"].get("findings"), job
         paths = [f for f in e2e.files["mtici"] if str(P.header(f).StudyInstanceUID) == study]
         case_id = paths[0].parent.name
         objs = _results_in_orthanc(e2e, study, "mtici")
