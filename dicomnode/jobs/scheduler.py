@@ -52,6 +52,39 @@ RETENTION_SECONDS = 3600.0
 _RUNNING: dict[str, TimedWork] = {}
 
 
+def resilient_job_store(base: type) -> type:
+    """APScheduler's SQLAlchemy job store, made to outlive a database outage.
+
+    APScheduler's main loop catches a failing ``get_due_jobs`` (and retries), but not a
+    failing ``get_next_run_time`` or ``update_job`` in the same pass: when the index
+    goes away between those calls (PostgreSQL restarted, SQLite locked) the exception
+    ends the scheduler's thread without a word, and the node receives but never routes,
+    runs or delivers again.  Here those two calls log the error and carry on; the next
+    pass (at most one sweep later) reads the store again.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    class ResilientJobStore(base):
+        def get_next_run_time(self) -> Any:
+            try:
+                return super().get_next_run_time()
+            except SQLAlchemyError as exc:
+                logger.warning("scheduler job store unreachable (%s); trying again",
+                               type(exc).__name__)
+                return None
+
+        def update_job(self, job: Any) -> None:
+            try:
+                super().update_job(job)
+            except SQLAlchemyError as exc:
+                # The job keeps its old next run time: it is due again, and runs again,
+                # once the store is back (the persisted job, retention, is idempotent).
+                logger.warning("could not save job %s's next run (%s)", job.id,
+                               type(exc).__name__)
+
+    return ResilientJobStore
+
+
 def run_timed(name: str) -> None:
     """APScheduler's entry point for every timed job: run ``TimedWork.<name>``."""
     work = _RUNNING.get("node")
@@ -216,7 +249,8 @@ class NodeScheduler:
         logging.getLogger("apscheduler").setLevel(max(root, logging.WARNING))
         logging.getLogger("apscheduler.scheduler").setLevel(max(root, logging.ERROR))
         scheduler = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.work.db.engine),
+            jobstores={"default": resilient_job_store(SQLAlchemyJobStore)(
+                engine=self.work.db.engine),
                        "memory": MemoryJobStore()},
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
