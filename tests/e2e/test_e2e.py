@@ -207,10 +207,6 @@ def test_mtici_grade_in_the_sr_orthanc_received_is_within_one_of_the_truth(e2e: 
         assert sources == {str(P.header(p).SOPInstanceUID) for p in paths}
 
 
-# Issue #8 is open: the keyframes bundled model is still being trained and has not been
-# checked end to end.  The run still goes through the node (the fixture pushes it); the
-# check runs and reports XPASS once it holds.  Make it strict when #8 is resolved.
-@pytest.mark.xfail(strict=False, reason="issue #8 open: keyframes bundled model not yet validated end to end")
 def test_keyframes_in_the_sr_are_within_two_frames_and_the_kos_flags_them(e2e: E2ERun) -> None:
     _require_model("keyframes")
     truth = T.keyframes_truth(e2e.data / "keyframes")
