@@ -2,13 +2,15 @@
 
 A checkpoint (``<dir>/last.pt``) holds the network, optimiser and scheduler state,
 the epoch just finished and the RNG states, plus a fingerprint of the run (module,
-config, seed, data description).  :func:`load_checkpoint` only resumes a run with
-the same fingerprint, so changing ``--epochs`` continues a run while changing the
-data or the network starts afresh.
+config, seed, data description, and the module's source code).  :func:`load_checkpoint`
+only resumes a run with the same fingerprint, so changing ``--epochs`` continues a run
+while changing the data, the network or the module's code (its synthetic generator, say)
+starts afresh.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import random
@@ -22,6 +24,20 @@ import torch
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "last.pt"
+
+
+def code_digest(obj: Any) -> str:
+    """sha256 of the Python sources of the package ``obj``'s class lives in.
+
+    A checkpoint of a module whose generator or transforms have changed since must not
+    be resumed: the run would go on with weights fitted to other data.
+    """
+    package = type(obj).__module__.rsplit(".", 1)[0]
+    root = Path(importlib.import_module(package).__file__ or ".").parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def fingerprint(module: str, config: Mapping[str, Any], seed: int, data: Mapping[str, Any]) -> str:

@@ -50,7 +50,7 @@ from monai.utils import set_determinism
 
 from ai.core.contract import AIModule
 from ai.core.models import LoadedModel, new_version_name, resolve_device, save_model_version
-from train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from train.checkpoint import code_digest, fingerprint, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from dicomnode.storage.db import Database
@@ -175,7 +175,7 @@ def train(
     schedule = _lr_lambda(total, min(total // 10, 2 * steps_per_epoch) or 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ckpt_dir = checkpoint_dir or (out_dir / ".checkpoints" / module.name)
-    fp = fingerprint(module.name, cfg, seed, data_desc)
+    fp = fingerprint(module.name, cfg, seed, {**data_desc, "code": code_digest(module)})
     start_epoch = 0
     history: list[dict[str, Any]] = []
     if resume:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -155,3 +156,23 @@ def test_compressed_pixel_data_is_decoded_frame_by_frame(tmp_path: Path) -> None
     reader = FrameReader(path)
     assert not reader.is_memory_mapped
     np.testing.assert_array_equal(np.stack(list(reader)), frames)
+
+
+def test_a_change_to_a_module_s_code_changes_its_checkpoint_fingerprint(tmp_path: Path,
+                                                                       monkeypatch: Any) -> None:
+    """A checkpoint made before the module's generator changed is not resumed."""
+    from train.checkpoint import code_digest
+
+    pkg = tmp_path / "fakemod"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "module.py").write_text("class M:\n    pass\n")
+    (pkg / "synthetic.py").write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    mod = importlib.import_module("fakemod.module")
+    before = code_digest(mod.M())
+    assert code_digest(mod.M()) == before  # stable
+    (pkg / "synthetic.py").write_text("SCALE = 2\n")  # the generator changed
+    assert code_digest(mod.M()) != before
