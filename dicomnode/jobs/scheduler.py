@@ -108,6 +108,10 @@ class TimedWork:
         self.modules: dict[str, queue.ModuleInfo] = {}
         self.routing = False  # True once the catalog is known: until then, complete only
         self._errors: dict[str, str] = {}
+        #: Set by a wake while a delivery run is under way (APScheduler skips a wake of a
+        #: running job): that run goes round again instead of leaving the new results to
+        #: the next tick, DELIVERY_SECONDS later.
+        self.deliver_again = threading.Event()
 
     def use_catalog(self, catalog: ModuleCatalog) -> None:
         """Route with the modules a worker process could load; drop the broken ones."""
@@ -168,10 +172,15 @@ class TimedWork:
             self.notifier.notify()
 
     def deliver(self) -> None:
-        """Send the results outbox's due deliveries."""
+        """Send the results outbox's due deliveries (again, if woken meanwhile)."""
         from dicomnode.results import deliver_due
 
-        self._guard("delivery", lambda: deliver_due(self.db, self.settings, self.settings.spool_dir))
+        for _ in range(10):  # bounded: a steady stream of wakes still yields to the timer
+            self.deliver_again.clear()
+            self._guard("delivery",
+                        lambda: deliver_due(self.db, self.settings, self.settings.spool_dir))
+            if not self.deliver_again.is_set():
+                break
 
     def retention(self) -> None:
         """Delete studies past ``retention.days`` that have nothing pending."""
@@ -287,6 +296,8 @@ class NodeScheduler:
 
     def wake(self, name: str) -> None:
         """Run a memory-store job now (``deliver`` after a finished job)."""
+        if name == "deliver":
+            self.work.deliver_again.set()
         if self._scheduler is not None:
             try:
                 self._scheduler.modify_job(name, jobstore="memory",
