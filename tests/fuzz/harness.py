@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sqlite3
 import subprocess
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import pydicom
 from conftest import NodeProcess, dcmtk, free_port
+from hypothesis import HealthCheck, settings
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -124,6 +126,15 @@ def encode(ds: Dataset, implicit: bool = False) -> bytes:
     with lenient_writing():
         write_dataset(buf, ds)
     return buf.getvalue()
+
+
+def fuzz_settings(examples: int) -> settings:
+    """Hypothesis settings of a fuzz campaign: ``examples`` derandomised examples (CI),
+    random ones when ``DICOMNODE_FUZZ_EXAMPLES`` is set; no deadline, no example
+    database, no health check (a node round trip is slow by hypothesis's measure)."""
+    return settings(max_examples=examples, deadline=None, database=None,
+                    derandomize="DICOMNODE_FUZZ_EXAMPLES" not in os.environ,
+                    suppress_health_check=list(HealthCheck))
 
 
 @contextlib.contextmanager

@@ -27,12 +27,13 @@ from fuzz.harness import (
     echo,
     encode,
     file_with,
+    fuzz_settings,
     proc_status,
     start_node,
     temp_files,
 )
 from fuzz.mutate import Slot, apply, mutations, slots
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -104,9 +105,7 @@ def test_mutated_data_sets_are_answered_and_the_node_survives(
     sender = Sender(fuzz_node.port, dimse_timeout=20)
     slowest = [0.0]
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              derandomize="DICOMNODE_FUZZ_EXAMPLES" not in os.environ,
-              suppress_health_check=list(HealthCheck))
+    @fuzz_settings(EXAMPLES)
     @given(base=st.sampled_from(range(len(BASES))), ops=mutations)
     def one(base: int, ops: list[tuple]) -> None:
         ds, data, layout = BASES[base]

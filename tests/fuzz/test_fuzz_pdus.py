@@ -28,6 +28,7 @@ from fuzz.harness import (
     echo,
     encode,
     file_with,
+    fuzz_settings,
     proc_status,
     start_node,
     temp_files,
@@ -47,7 +48,7 @@ from fuzz.wire import (
     release_rq,
     send_all,
 )
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
@@ -132,9 +133,7 @@ def test_corrupted_pdus_are_answered_or_closed_and_the_node_survives(
     rss_before = proc_status(pid, "VmRSS")
     slowest = [0.0]
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              derandomize="DICOMNODE_FUZZ_EXAMPLES" not in os.environ,
-              suppress_health_check=list(HealthCheck))
+    @fuzz_settings(EXAMPLES)
     @given(target=st.sampled_from(["associate", "p-data", "release"]), ops=mutations)
     # Found by a 1000-example random run: a presentation context whose transfer
     # syntax sub-item type is overwritten left the peer unanswered for ever.

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import poll_until
 from storage.conftest import postgres  # noqa: F401  (the storage tests' PostgreSQL server)
 
 SUPPORT = Path(__file__).with_name("support")
@@ -119,20 +120,10 @@ def rules_file(tmp_path: Path) -> Path:
     return path
 
 
-def _wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
 @pytest.fixture
 def wait_for() -> Callable[..., Any]:
     """``wait_for(check, timeout, what)``: poll until ``check()`` is truthy, else fail naming ``what``."""
-    return _wait_for
+    return poll_until
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ file may exist outside the spool.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sqlite3
@@ -19,23 +18,13 @@ import pydicom
 import pytest
 from conftest import NodeProcess, storescu
 from dicom_factory import make_dataset, mr_series, uid, write
+from fuzz.harness import lenient_writing
 from pydicom.uid import CTImageStorage, MRImageStorage
 from pynetdicom import AE, _config
 
 OUT_OF_RESOURCES = 0xA700
 MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
-
-
-@contextlib.contextmanager
-def lenient_writing() -> Iterator[None]:
-    """Let pydicom write invalid values (hostile UIDs) for the test files."""
-    mode = pydicom.config.settings.writing_validation_mode
-    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        pydicom.config.settings.writing_validation_mode = mode
 
 
 def send_raw(port: int, path: Path, sop_class: str | None = None) -> int | None:

@@ -11,14 +11,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import NodeProcess, storescu
+from conftest import NodeProcess, poll_until, storescu
 from dicom_factory import make_dataset, uid, write
 
 SUPPORT = Path(__file__).with_name("support")
@@ -211,14 +210,8 @@ def pid_of_local_port(port: int) -> int | None:
 
 
 def wait_for(check: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll ``check()`` until truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    """:func:`conftest.poll_until`, polling every half second (the index is remote)."""
+    return poll_until(check, timeout, what, interval)
 
 
 def throughput(db: Any, studies: set[str]) -> dict[str, float]:
