@@ -70,8 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     module = KeyframesModule()
     meta_path = args.model / "metadata.json"
     meta = json.loads(meta_path.read_text())
-    meta["config"]["decoding"].pop("apex_blend", None)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    # apex_features reads the segments' apex from the detection, whatever blend it has.
     model = load_model(args.model, module, "cpu")
     feats = apex_features(module, model, list(module.synthetic(args.n, args.seed)))
     blend = fit_blend(feats)
