@@ -304,10 +304,6 @@ def generate_case(
         xs, ys, zs = (px - cx) / ax, (py - cy) / ay, (pz - cz) / az
         return xs, ys, zs, np.sqrt(xs**2 + ys**2 + zs**2)
 
-    def brain_fn(px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np.ndarray:
-        xs, ys, zs, rho = scaled(px, py, pz)
-        return (rho < 1.0) & (zs > -0.5)
-
     def downstream_fn(px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np.ndarray:
         # Downstream territory (superior M2 division): the antero-lateral quarter of
         # the cortical shell.  Its normal has x and y components everywhere, so on both
@@ -327,7 +323,6 @@ def generate_case(
         xs, ys, zs, rho = scaled(px, py, pz)
         return (rho < 1.0) & (zs > -0.5) & (xs > 0.02) & (xs < 0.22) & (ys < aca_y) & (zs > aca_z)
 
-    brain = brain_fn(x, y, z)
     downstream = downstream_fn(x, y, z)
     inferior = inferior_fn(x, y, z)
     aca = aca_fn(x, y, z)
