@@ -42,7 +42,8 @@ def get_or_create(
         ins = sqlite.insert(model).values(values).on_conflict_do_nothing()
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         ins = model.__table__.insert().values(values)  # type: ignore[attr-defined]
-    created = getattr(session.execute(ins), "rowcount", 0) == 1
+    # RETURNING, not rowcount: with PostgreSQL's implicit RETURNING rowcount is -1 either way.
+    created = session.execute(ins.returning(model.__table__.c.id)).first() is not None  # type: ignore[attr-defined]
     row = session.scalars(stmt).one()
     return row, created
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pydicom
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -65,6 +66,51 @@ def test_ingest_indexes_patient_study_series_instance(db: Database, tmp_path: Pa
         assert detail is not None and detail["patient_id"] == "TEST-0001"
         for inst in s.scalars(select(Instance)):
             assert (spool.root / inst.path).stat().st_size == inst.size
+
+
+def test_an_arrival_reopens_its_series_and_study_and_a_new_series_marks_the_study(
+        db: Database, tmp_path: Path) -> None:
+    """What routing relies on: each arrival touches its series and study (quiet periods), a
+    complete series and a routed study are opened again, a new series moves the study's
+    ``last_series_added_at``; another copy replaces the file, the same bytes are a duplicate."""
+    spool = Spool(tmp_path / "spool")
+    ingestor = Ingestor(db, spool)
+    study, series_a, series_b = uid(), uid(), uid()
+    first = write(make_dataset(study_uid=study, series_uid=series_a, seed=1), tmp_path / "a1.dcm")
+    ingest(ingestor, spool, first)
+    with db.write() as s:
+        st = s.scalars(select(Study)).one()
+        se = s.scalars(select(Series)).one()
+        assert (st.state, se.state, se.study_fk, st.patient_fk is not None) == ("receiving", "open", st.id, True)
+        assert (se.modality, se.series_number, se.calling_ae) == ("MR", 1, "TEST")
+        added, received = st.last_series_added_at, se.last_received_at
+        st.state, se.state = "routed", "complete"
+        se.completed_at = se.last_received_at
+    ingest(ingestor, spool, write(make_dataset(study_uid=study, series_uid=series_a, seed=2), tmp_path / "a2.dcm"))
+    with db.session() as s:
+        st = s.scalars(select(Study)).one()
+        se = s.scalars(select(Series)).one()
+        assert (st.state, se.state, se.completed_at) == ("receiving", "open", None)
+        assert se.last_received_at > received and st.last_received_at >= se.last_received_at
+        assert st.last_series_added_at == added  # same series: no new series
+    ingest(ingestor, spool, write(make_dataset(study_uid=study, series_uid=series_b, seed=3), tmp_path / "b1.dcm"))
+    with db.session() as s:
+        st = s.scalars(select(Study)).one()
+        assert st.last_series_added_at > added
+        assert s.scalar(select(func.count(Series.id))) == 2
+        assert s.scalar(select(func.count(Instance.id))) == 3
+
+    sop = str(pydicom.dcmread(first).SOPInstanceUID)
+    with db.session() as s:
+        old = s.scalars(select(Instance).where(Instance.sop_instance_uid == sop)).one().path
+    ingest(ingestor, spool, first)  # the same bytes again: a duplicate, nothing changes
+    other = write(make_dataset(study_uid=study, series_uid=series_a, sop_uid=sop, seed=9), tmp_path / "a1b.dcm")
+    ingest(ingestor, spool, other)  # other bytes, same SOP Instance UID: replaced (keep_newest)
+    with db.session() as s:
+        rows = s.scalars(select(Instance).where(Instance.sop_instance_uid == sop)).all()
+        assert len(rows) == 1 and rows[0].path != old and rows[0].size == other.stat().st_size
+        assert s.scalar(select(func.count(Instance.id))) == 3
+    assert not (spool.root / old).exists() and (spool.root / rows[0].path).exists()
 
 
 def test_parallel_ingest_of_one_new_series_creates_it_once(db: Database, tmp_path: Path) -> None:
