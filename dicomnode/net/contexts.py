@@ -3,6 +3,9 @@ pynetdicom knows with every transfer syntax it knows (data is stored as received
 so compressed syntaxes need no codec on the receive path)."""
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
@@ -37,3 +40,30 @@ def storage_contexts() -> list[PresentationContext]:
 def storage_sop_classes() -> list[str]:
     """The storage SOP Class UIDs the receiver accepts."""
     return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+
+
+class CheapCopyContext(PresentationContext):
+    """A supported context whose ``deepcopy`` copies its list, not each UID in it.
+
+    pynetdicom deep-copies the server's supported contexts for every association it
+    accepts: 170 storage SOP classes × 45 transfer syntaxes is 7650 ``UID`` objects,
+    47 ms of CPU per association on a quiet machine (18% of the receiver's CPU with 8
+    associations of 50 instances, under py-spy).  UIDs are immutable strings, so
+    sharing them is safe; the list and the context's own fields are per copy.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CheapCopyContext:
+        new = copy.copy(self)
+        new._transfer_syntax = list(self._transfer_syntax)
+        return new
+
+
+def cheap_copies(contexts: list[PresentationContext]) -> list[PresentationContext]:
+    """The same contexts as :class:`CheapCopyContext` objects (for ``start_server``)."""
+    out: list[PresentationContext] = []
+    for cx in contexts:
+        new = CheapCopyContext.__new__(CheapCopyContext)
+        new.__dict__.update(vars(cx))
+        new._transfer_syntax = list(cx._transfer_syntax)
+        out.append(new)
+    return out

@@ -42,7 +42,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError, OutOfResourcesError
 from dicomnode.net import reactor, status
-from dicomnode.net.contexts import VERIFICATION_UID, storage_contexts
+from dicomnode.net.contexts import VERIFICATION_UID, cheap_copies, storage_contexts
 from dicomnode.net.guard import (
     PDU_LIMIT_FLOOR,
     PDU_LIMIT_UNLIMITED,
@@ -179,7 +179,7 @@ class Receiver:
         self._stopping = False
         self.server = self.ae.start_server(
             (node.bind, node.port), block=False, evt_handlers=self.handlers(),
-            ssl_context=self.ssl_context(),
+            ssl_context=self.ssl_context(), contexts=cheap_copies(self.ae.supported_contexts),
         )
         logger.info("listening as %s on %s:%d%s", node.aetitle, node.bind, node.port,
                     " (TLS)" if self.settings.tls.enabled else "")
