@@ -111,7 +111,8 @@ class DicomNode(Peer):
 
     def prepare(self, storage: Path) -> None:
         # Routing off for the receive benchmark: no rules match, no jobs are queued.
-        (storage / "dicomnode.toml").write_text("[jobs]\nworkers = 0\n")
+        # ``extra["toml"]``: more settings for one scenario (e.g. receive_processes).
+        (storage / "dicomnode.toml").write_text("[jobs]\nworkers = 0\n" + str(self.extra.get("toml", "")))
 
     def command(self, storage: Path) -> list[str]:
         return [sys.executable, "-m", "dicomnode.cli.main", "run", "--config",

@@ -38,6 +38,8 @@ class Scenario:
     files: list[Path]
     associations: int = 1
     nagle: bool = False
+    #: More dicomnode settings for this scenario (TOML).
+    node_toml: str = ""
 
     @property
     def bytes(self) -> int:
@@ -79,6 +81,10 @@ def scenarios(data: Path, quick: bool) -> list[Scenario]:
     m = 80 if quick else 400
     out.append(Scenario("mr_parallel", f"{m} MR 512×512 instances, 8 associations",
                         mr_instances(data / f"mr_{m}", m), associations=8))
+    out.append(Scenario("mr_parallel_2p", f"{m} MR 512×512 instances, 8 associations, "
+                        "dicomnode `receive_processes = 2`",
+                        mr_instances(data / f"mr_{m}", m), associations=8,
+                        node_toml="[node]\nreceive_processes = 2\n"))
     k = 30 if quick else 100
     out.append(Scenario("mr_nagle", f"{k} MR 512×512 instances, storescu as shipped (Nagle on)",
                         mr_instances(data / f"mr_{k}", k), nagle=True))
@@ -102,6 +108,8 @@ def run(quick: bool, repeats: int, only: set[str] | None) -> dict[str, dict[str,
         for r in range(repeats):
             order = peers[r % len(peers):] + peers[: r % len(peers)]
             for peer in order:
+                if peer.name == "dicomnode":
+                    peer.extra["toml"] = sc.node_toml
                 peer.start()
                 LOADS.append(os.getloadavg()[0])
                 try:

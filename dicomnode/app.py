@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
@@ -37,6 +38,7 @@ from dicomnode.storage.db import Database, open_database
 from dicomnode.storage.spool import Spool
 
 if TYPE_CHECKING:
+    from dicomnode.net.scp import Receiver
     from dicomnode.net.scu import CommitmentReport
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ logger = logging.getLogger(__name__)
 RECEIVER_KEEPS_OUT = ("numpy", "requests")
 #: Seconds before a worker-role child that died is started again.
 WORKER_RESTART_SECONDS = 5.0
+#: Seconds ``start`` waits for a receiving child to say it accepts associations.
+READY_TIMEOUT = 60.0
 #: Seconds a stopping worker-role child gets to put its running job back.
 WORKER_STOP_GRACE = 60.0
 _PR_SET_PDEATHSIG = 1
@@ -105,50 +109,78 @@ def open_index(settings: Settings) -> Database:
     return open_database(url, fsync=fsync)
 
 
-def _run_worker_role(settings: Settings, log_level: int, observations: Any) -> None:
-    """Entry point of the worker-role child (multiprocessing spawn).
-
-    Its job and routing figures go to the node's metrics (``observations``, the
-    sending end of a pipe) since the endpoint is the receiving process's.
-    """
+def _child_setup(log_level: int) -> None:
+    """First steps of a role's child process (multiprocessing spawn)."""
     if sys.platform.startswith("linux"):
-        # Die with the node, even when it is killed with -9: a worker role left
-        # behind would route and deliver beside the restarted node.
+        # Die with the node, even when it is killed with -9: a role left behind would
+        # receive, route or deliver beside the restarted node.
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     from dicomnode.log import configure_logging
 
     configure_logging(log_level)
-    node = Node(settings, roles=("worker",))
+
+
+def _forward(metrics: NodeMetrics, names: tuple[str, ...], observations: Any) -> Any:
+    """Send what a child observes through ``observations`` (a pipe) to the node's metrics.
+
+    Returns the sender, ``send(name, *args)``, for the child's other messages ("ready").
+    """
     lock = threading.Lock()
 
-    def forward(name: str) -> Any:
-        def send(*args: Any) -> None:
-            with lock:
-                try:
-                    observations.send((name, args))
-                except (OSError, ValueError):  # the node is gone; this process follows
-                    pass
-        return send
+    def send(name: str, *args: Any) -> None:
+        with lock:
+            try:
+                observations.send((name, args))
+            except (OSError, ValueError):  # the node is gone; this process follows
+                pass
 
-    for name in ("observe_job", "observe_routed"):
-        setattr(node.metrics, name, forward(name))
+    for name in names:
+        setattr(metrics, name, functools.partial(send, name))
+    return send
+
+
+#: What each child role reports to the node's metrics (the endpoint is the node's).
+WORKER_OBSERVES = ("observe_job", "observe_routed")
+RECEIVER_OBSERVES = ("observe_store",)
+
+
+def _run_worker_role(settings: Settings, log_level: int, observations: Any) -> None:
+    """Entry point of the worker-role child: scheduler and worker pool."""
+    _child_setup(log_level)
+    node = Node(settings, roles=("worker",))
+    _forward(node.metrics, WORKER_OBSERVES, observations)
     node.run_forever()
 
 
-class WorkerRoleProcess:
-    """The worker role (scheduler and worker pool) of ``dicomnode run`` in a child process.
+def _run_receiver_role(settings: Settings, log_level: int, observations: Any, listener: Any) -> None:
+    """Entry point of an extra receiving process: a Storage SCP on the node's own socket."""
+    _child_setup(log_level)
+    node = Node(settings, roles=("receiver",), listener=listener)
+    send = _forward(node.metrics, RECEIVER_OBSERVES, observations)
+    node.run_forever(on_started=lambda: send("ready"))
+
+
+class RoleProcess:
+    """A role of ``dicomnode run`` in a child process, started again if it dies.
 
     Started by a watcher thread that lives as long as the service (PR_SET_PDEATHSIG
     fires when the *thread* that started the child ends); a child that dies is
     started again after :data:`WORKER_RESTART_SECONDS`.  The child serves no metrics
     endpoint of its own (the port belongs to this process): what it observes (job
-    durations, completion waits) is sent here and recorded in ``metrics``.
+    durations, completion waits, store times) is sent here and recorded in ``metrics``.
     """
 
-    def __init__(self, settings: Settings, metrics: NodeMetrics) -> None:
+    def __init__(self, settings: Settings, metrics: NodeMetrics, name: str, target: Any,
+                 observes: tuple[str, ...], stop_grace: float = WORKER_STOP_GRACE,
+                 wait_ready: bool = False) -> None:
         self.metrics = metrics
         endpoint = settings.metrics.model_copy(update={"port": 0})
         self.settings = settings.model_copy(update={"metrics": endpoint})
+        self.name, self.target, self.observes = name, target, observes
+        self.stop_grace = stop_grace
+        #: start() returns once the child said "ready" (else once it was spawned).
+        self.wait_ready = wait_ready
+        self._ready = threading.Event()
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: Any = None
         self._stop = threading.Event()
@@ -161,27 +193,37 @@ class WorkerRoleProcess:
     def start(self) -> None:
         self._stop.clear()
         started = threading.Event()
-        self._thread = threading.Thread(target=self._watch, args=(started,), name="dicomnode-worker-role",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._watch, args=(started,), name=self.name, daemon=True)
         self._thread.start()
         started.wait(30)
+        if self.wait_ready and not self._ready.wait(READY_TIMEOUT):
+            logger.error("%s process did not report ready in %g s", self.name, READY_TIMEOUT)
 
     def _watch(self, started: threading.Event) -> None:
         while not self._stop.is_set():
             receiving, sending = self._ctx.Pipe(duplex=False)
-            self._proc = self._ctx.Process(target=_run_worker_role, name="dicomnode-worker-role",
-                                           args=(self.settings, logging.getLogger().level, sending))
+            self._proc = self._ctx.Process(
+                target=self.target, name=self.name,
+                args=(self.settings, logging.getLogger().level, sending, *self.child_args()))
             self._proc.start()
             sending.close()  # the child holds it now: its exit ends the reader below
-            threading.Thread(target=self._record, args=(receiving,), name="dicomnode-worker-metrics",
+            threading.Thread(target=self._record, args=(receiving,), name=f"{self.name}-metrics",
                              daemon=True).start()
             started.set()
             self._proc.join()
+            self.exited(self._proc.pid)
             if self._stop.is_set():
                 return
-            logger.error("worker role process %d exited with %s; starting it again in %g s",
+            logger.error("%s process %d exited with %s; starting it again in %g s", self.name,
                          self._proc.pid, self._proc.exitcode, WORKER_RESTART_SECONDS)
             self._stop.wait(WORKER_RESTART_SECONDS)
+
+    def child_args(self) -> tuple[Any, ...]:
+        """Arguments of ``target`` after settings, log level and the metrics pipe."""
+        return ()
+
+    def exited(self, pid: int) -> None:
+        """Called after the child ``pid`` ended (and before a new one starts)."""
 
     def _record(self, receiving: Any) -> None:
         """Apply the child's observations to this process's metrics until it exits."""
@@ -191,22 +233,62 @@ class WorkerRoleProcess:
                     name, args = receiving.recv()
                 except (EOFError, OSError):
                     return
-                if name in ("observe_job", "observe_routed"):
+                if name in self.observes:
                     getattr(self.metrics, name)(*args)
+                elif name == "ready":
+                    self._ready.set()
 
     def stop(self) -> None:
         self._stop.set()
-        proc = self._proc
+        proc, thread = self._proc, self._thread
         if proc is not None and proc.is_alive():
             proc.terminate()  # SIGTERM: the child's Node stops its services in order
-            proc.join(WORKER_STOP_GRACE)
-            if proc.is_alive():
-                logger.error("worker role process %d did not stop in %g s: killed", proc.pid,
-                             WORKER_STOP_GRACE)
-                proc.kill()
-                proc.join(5)
-        if self._thread is not None:
-            self._thread.join(5)
+        if thread is None:
+            return
+        # The watcher thread reaps the child and then ends (its stop flag is set); a
+        # second join here would race it for the exit status.
+        thread.join(self.stop_grace)
+        if thread.is_alive() and proc is not None:
+            logger.error("%s process %d did not stop in %g s: killed", self.name, proc.pid,
+                         self.stop_grace)
+            proc.kill()
+            thread.join(5)
+
+
+class WorkerRoleProcess(RoleProcess):
+    """The worker role (scheduler and worker pool) of ``dicomnode run`` in a child process."""
+
+    def __init__(self, settings: Settings, metrics: NodeMetrics) -> None:
+        super().__init__(settings, metrics, "dicomnode-worker-role", _run_worker_role, WORKER_OBSERVES)
+
+
+class ReceiverProcess(RoleProcess):
+    """One extra receiving process (``node.receive_processes`` > 1) on the node's socket.
+
+    Python runs one thread at a time per process, so one receiving process uses one
+    core whatever the number of associations (bench/RESULTS.md).  The extra processes
+    accept on the listening socket the node itself bound (inherited, not a second
+    bind: a second node on the same port still fails to start), each with its own
+    index connections and group commit; the kernel hands each new connection to
+    whichever process accepts first.  A process that dies leaves its partial receive
+    files, which are removed before it is started again.
+    """
+
+    def __init__(self, settings: Settings, metrics: NodeMetrics, receiver: Receiver, number: int) -> None:
+        super().__init__(settings, metrics, f"dicomnode-receiver-{number}", _run_receiver_role,
+                         RECEIVER_OBSERVES, stop_grace=settings.node.dimse_timeout, wait_ready=True)
+        self.receiver = receiver
+
+    def child_args(self) -> tuple[Any, ...]:
+        server = self.receiver.server
+        if server is None:
+            raise RuntimeError("the node's receiver is not listening")
+        return (server.socket,)  # passed to the spawned child as a duplicate descriptor
+
+    def exited(self, pid: int) -> None:
+        removed = self.receiver.spool.clean_temp(pid=pid)
+        if removed:
+            logger.info("removed %d partial receive file(s) of receiving process %d", removed, pid)
 
 
 class Node:
@@ -221,7 +303,8 @@ class Node:
         child process (:class:`WorkerRoleProcess`).
     """
 
-    def __init__(self, settings: Settings, roles: tuple[str, ...] = ("receiver", "worker")) -> None:
+    def __init__(self, settings: Settings, roles: tuple[str, ...] = ("receiver", "worker"),
+                 listener: Any = None) -> None:
         self.settings = settings
         self.roles = roles
         receiver = "receiver" in roles
@@ -230,8 +313,11 @@ class Node:
             from dicomnode.jobs.modules import load_routing
 
             rules = load_routing(settings)  # a bad rules file stops us before anything opens
-        self.db: Database = open_index(settings) if receiver else open_database(
-            settings.database_url, fsync=settings.node.fsync)
+        if receiver and listener is None:
+            self.db: Database = open_index(settings)
+        else:  # a worker role, or an extra receiving process: the node migrated already
+            self.db = open_database(settings.database_url, fsync=settings.node.fsync,
+                                    upgrade=listener is None)
         self.spool = Spool(settings.spool_dir, fsync=settings.node.fsync)
         self.services: list[Service] = []
         self.metrics = NodeMetrics(self.db)
@@ -241,10 +327,14 @@ class Node:
             with without_modules(RECEIVER_KEEPS_OUT):
                 from dicomnode.net.scp import Receiver
 
-                self.receiver = Receiver(settings, self.db, self.spool, on_commitment=self._commitment)
+                self.receiver = Receiver(settings, self.db, self.spool, on_commitment=self._commitment,
+                                         listener=listener)
             # Observed from outside: the receiver's code knows nothing of metrics.
             self.receiver.ingestor = InstrumentedIngestor(self.receiver.ingestor, self.metrics)  # type: ignore[assignment]
             self.services.append(self.receiver)
+            if listener is None:
+                self.services += [ReceiverProcess(settings, self.metrics, self.receiver, number)
+                                  for number in range(2, settings.node.receive_processes + 1)]
         if "worker" in roles and not worker_here:
             self.worker_role = WorkerRoleProcess(settings, self.metrics)
             self.services.append(self.worker_role)
@@ -273,6 +363,9 @@ class Node:
     def start(self) -> None:
         for service in self.services:
             service.start()
+        receiver = getattr(self, "receiver", None)
+        if receiver is not None and receiver.listener is None and self.settings.node.receive_processes > 1:
+            receiver.announce()  # "listening as …" once every receiving process accepts
 
     def stop(self) -> None:
         for service in reversed(self.services):
@@ -287,11 +380,13 @@ class Node:
             logger.info("received %s: shutting down", signal.Signals(signum).name)
         self._stop.set()
 
-    def run_forever(self) -> None:
+    def run_forever(self, on_started: Any = None) -> None:
         """Start, block until SIGTERM/SIGINT, stop cleanly."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.start()
+        if on_started is not None:
+            on_started()
         try:
             while not self._stop.wait(0.5):
                 pass

@@ -51,6 +51,9 @@ class NodeSettings(_Section):
     database_url: str = ""
     spool_dir: Path | None = None
     max_associations: int = Field(16, ge=1, le=1024)
+    #: Processes accepting associations on the node's port (each uses one core: Python
+    #: runs one thread at a time per process).  ``max_associations`` is per process.
+    receive_processes: int = Field(1, ge=1, le=64)
     max_pdu_size: int = Field(131072, ge=0)
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
@@ -124,6 +127,8 @@ class JobsSettings(_Section):
     torch_threads: int = Field(1, ge=1)
     device: str = "cpu"
     lease_seconds: float = Field(60.0, ge=1)  # a dead worker's job is claimed again after this
+    # A worker process is replaced after this many jobs (whatever a module leaks is returned).
+    max_jobs_per_process: int = Field(25, ge=1)
 
 
 class DeliverySettings(_Section):

@@ -82,6 +82,14 @@ class NodeMetrics:
         if db is not None:
             r.register(IndexCollector(db))
 
+    def observe_store(self, outcome: str, size: int, seconds: float) -> None:
+        """Record one ingested C-STORE: outcome (stored, duplicate, refused), bytes, time."""
+        self.instances_received.labels(outcome).inc()
+        if outcome == "stored":
+            self.bytes_received.inc(size)
+        if outcome != "refused":
+            self.store_seconds.observe(max(seconds, 0.0))
+
     def observe_job(self, module: str, outcome: str, seconds: float) -> None:
         """Record one job attempt's duration."""
         self.job_seconds.labels(module, outcome).observe(max(seconds, 0.0))
@@ -109,14 +117,10 @@ class InstrumentedIngestor:
         try:
             result = self._inner.ingest(tmp_path, sha256, size, **kwargs)
         except DicomNodeError:
-            self._metrics.instances_received.labels("refused").inc()
+            self._metrics.observe_store("refused", size, time.perf_counter() - started)
             raise
-        self._metrics.store_seconds.observe(time.perf_counter() - started)
-        if getattr(result, "duplicate", False):
-            self._metrics.instances_received.labels("duplicate").inc()
-        else:
-            self._metrics.instances_received.labels("stored").inc()
-            self._metrics.bytes_received.inc(size)
+        outcome = "duplicate" if getattr(result, "duplicate", False) else "stored"
+        self._metrics.observe_store(outcome, size, time.perf_counter() - started)
         return result
 
     def __getattr__(self, name: str) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from dicomnode.config import TLSSettings
 from dicomnode.errors import ConfigError
@@ -232,6 +232,26 @@ def contain_protocol_errors(assoc: Association, on_error: Callable[[str], None])
     assoc.acse.negotiate_association = negotiate_association  # type: ignore[method-assign]
 
 
+class _AdoptingServer(ThreadedAssociationServer):
+    """A server that accepts on a listening socket another process bound (no bind here)."""
+
+    adopted: socket.socket | None = None
+
+    def server_bind(self) -> None:
+        assert self.adopted is not None
+        self.socket.close()  # the one TCPServer made
+        self.socket = self.adopted
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """The socket is listening already."""
+
+    def server_close(self) -> None:
+        # close(), not shutdown(): shutting a shared listening socket down would stop
+        # every process accepting on it.
+        self.socket.close()
+
+
 class AllowlistAE(AE):
     """An AE whose calling-AE allowlist may also pin the peer's IP (``AE@10.0.0.5``).
 
@@ -255,6 +275,15 @@ class AllowlistAE(AE):
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:  # pragma: no cover
         raise AttributeError("set allowlist instead")
+
+    #: A listening socket to accept on instead of binding one (``node.receive_processes``).
+    adopt: socket.socket | None = None
+
+    def make_server(self, *args: Any, **kwargs: Any) -> Any:
+        if self.adopt is None:
+            return super().make_server(*args, **kwargs)
+        server_class = type("AdoptingServer", (_AdoptingServer,), {"adopted": self.adopt})
+        return super().make_server(*args, **{**kwargs, "server_class": server_class})
 
 
 def server_ssl_context(tls: TLSSettings) -> ssl.SSLContext | None:

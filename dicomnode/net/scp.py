@@ -20,6 +20,8 @@ associations, refused TLS handshakes and cut-off connections.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import socketserver
 import ssl
 import threading
@@ -89,11 +91,16 @@ class Receiver:
         Called with each Storage Commitment report (N-EVENT-REPORT) a destination
         sends back on an association of its own (PS3.4 J.3.3); the node passes the
         outbox's ``record_commitment``.  Without it such reports are refused.
+    listener : socket, optional
+        A listening socket another process of the node bound: accept on it instead of
+        binding ``node.port`` (an extra receiving process, ``node.receive_processes``).
     """
 
     def __init__(self, settings: Settings, db: Database, spool: Spool,
-                 on_commitment: Callable[[CommitmentReport], None] | None = None) -> None:
+                 on_commitment: Callable[[CommitmentReport], None] | None = None,
+                 listener: socket.socket | None = None) -> None:
         self.settings = settings
+        self.listener = listener
         self.on_commitment = on_commitment
         self.db = db
         self.spool = spool
@@ -171,18 +178,34 @@ class Receiver:
 
     def start(self) -> None:
         """Start listening in background threads."""
-        removed = self.spool.clean_temp()
-        if removed:
-            logger.info("removed %d partial receive file(s) left by an earlier stop", removed)
+        if self.listener is None:  # the other receiving processes start after this one
+            removed = self.spool.clean_temp()
+            if removed:
+                logger.info("removed %d partial receive file(s) left by an earlier stop", removed)
         self.ingestor.warm_up()
         node = self.settings.node
         self._stopping = False
+        self.ae.adopt = self.listener
         self.server = self.ae.start_server(
             (node.bind, node.port), block=False, evt_handlers=self.handlers(),
             ssl_context=self.ssl_context(), contexts=cheap_copies(self.ae.supported_contexts),
         )
-        logger.info("listening as %s on %s:%d%s", node.aetitle, node.bind, node.port,
-                    " (TLS)" if self.settings.tls.enabled else "")
+        if node.receive_processes > 1:
+            # Shared by several processes: whoever loses the race for a connection must
+            # get EAGAIN at once, not wait in accept() (which would also delay stop()).
+            self.server.socket.settimeout(0)
+        if self.listener is not None:
+            logger.info("receiving process %d accepting on %s:%d", os.getpid(), node.bind, node.port)
+        elif node.receive_processes == 1:
+            self.announce()
+
+    def announce(self) -> None:
+        """Log that the node accepts associations (with several receiving processes, the
+        node calls this once all of them do)."""
+        node = self.settings.node
+        processes = f" in {node.receive_processes} processes" if node.receive_processes > 1 else ""
+        logger.info("listening as %s on %s:%d%s%s", node.aetitle, node.bind, node.port,
+                    " (TLS)" if self.settings.tls.enabled else "", processes)
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, finish the C-STOREs being ingested, then abort what is left.
@@ -296,9 +319,10 @@ class Receiver:
         patients = ""
         if self.settings.node.log_phi and info.patients:
             patients = " patients " + ", ".join(safe(p, 80) for p in sorted(info.patients)[:10])
-        logger.info("association from %s@%s closed: %d stored, %d duplicate, %d failed in %d study(ies)%s",
+        where = f" (process {os.getpid()})" if self.settings.node.receive_processes > 1 else ""
+        logger.info("association from %s@%s closed: %d stored, %d duplicate, %d failed in %d study(ies)%s%s",
                     safe(req.ae_title, 16), req.address, stats["stored"], stats["duplicate"],
-                    stats["failed"], len(info.studies), patients)
+                    stats["failed"], len(info.studies), patients, where)
         # Who sent what: one audit row per study this association delivered.
         base = {"tls_subject": info.tls_subject} if info.tls_subject else {}
         for study_uid, count in info.studies.most_common(1000):

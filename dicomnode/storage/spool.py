@@ -119,10 +119,16 @@ class Spool:
         name = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}{suffix}"
         return self.tmp / name
 
-    def clean_temp(self) -> int:
-        """Remove temporary files left by a crash; return how many were removed."""
+    def clean_temp(self, pid: int | None = None) -> int:
+        """Remove temporary files left by a crash; return how many were removed.
+
+        With ``pid``, only those of that (ended) process: the node's other receiving
+        processes are writing theirs.
+        """
         count = 0
         for entry in self.tmp.iterdir():
+            if pid is not None and not entry.name.startswith(f"{pid}-"):
+                continue
             try:
                 entry.unlink()
                 count += 1
