@@ -17,6 +17,7 @@ its lease.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -81,7 +82,7 @@ def _where(exc: BaseException) -> str:
 
 def warm_up(db: Database, catalog: bool) -> tuple[dict[str, tuple[str, tuple[str, ...]]],
                                                     dict[str, str]]:
-    """Import what every job needs (torch, the results layer) before saying ``ready``.
+    """Import what every job needs (torch, the results layer, the modules) before saying ``ready``.
 
     With ``catalog`` (the node does not know its modules yet) also import every
     installed module and return each loadable one's (level, depends_on) and each
@@ -93,11 +94,16 @@ def warm_up(db: Database, catalog: bool) -> tuple[dict[str, tuple[str, tuple[str
 
     import dicomnode.results  # noqa: F401
 
+    from ai.core import registry
+
     infos: dict[str, tuple[str, tuple[str, ...]]] = {}
     broken: dict[str, str] = {}
     if not catalog:
+        # The modules' own imports (MONAI, their networks) now, not in the first job.
+        for name in registry.available_modules():
+            with contextlib.suppress(Exception):  # the job that needs it reports the error
+                registry.get_module(name)
         return infos, broken
-    from ai.core import registry
     from dicomnode.storage.registry import ensure_bundled
 
     for name in registry.available_modules():

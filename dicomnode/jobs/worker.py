@@ -14,8 +14,8 @@ process is ready, hands the job over, then supervises:
 
 The node itself never runs model code (nor imports torch), so none of this can
 take it down.  A process stays warm for the next job (up to
-``MAX_JOBS_PER_PROCESS``) unless it died, ran out of memory or lost its lease; then
-the slot starts a fresh one.
+``jobs.max_jobs_per_process``, then it is replaced at once, while idle) unless it died,
+ran out of memory or lost its lease; then the slot starts a fresh one.
 """
 from __future__ import annotations
 
@@ -50,8 +50,6 @@ POLL_SECONDS = 1.0
 RESPAWN_BACKOFF_SECONDS = 5.0
 #: How long a slot waits for the report of a job its process has marked done.
 DONE_REPORT_SECONDS = 30.0
-#: Jobs one worker process runs before it is replaced (a failed job replaces it at once).
-MAX_JOBS_PER_PROCESS = 25
 
 
 class Notifier:
@@ -195,8 +193,10 @@ class _Slot(threading.Thread):
                 self.pool._stop.wait(RESPAWN_BACKOFF_SECONDS)
             child.stop()
             child = self.child = None
-        if child is not None and child.jobs >= MAX_JOBS_PER_PROCESS:
-            child.stop()  # bounded reuse: whatever a module leaks is returned now and then
+        if child is not None and child.jobs >= self.pool.settings.jobs.max_jobs_per_process:
+            # Bounded reuse: whatever a module leaks is returned now and then.
+            logger.info("worker process %d replaced after %d jobs", child.proc.pid, child.jobs)
+            child.stop()
             child = self.child = None
         if child is None and not self.pool._stop.is_set():
             child = self.child = WorkerProcess(self.pool.settings, self.pool.log_level, self.pool.catalog)
@@ -225,6 +225,12 @@ class _Slot(threading.Thread):
                 if not self._observed(claim, child):
                     child.stop()
                     self.child = None
+                elif child.jobs >= pool.settings.jobs.max_jobs_per_process:
+                    # Replace it now, while no job waits: the fresh process warms up
+                    # (torch, the modules) before the next study arrives.  Replaced at
+                    # the next claim instead, that study waited ~2.5 s for the warm-up
+                    # (the p95 of mtici's push-to-result latency, bench/RESULTS.md).
+                    self._ensure_child()
             except Exception:
                 # A database hiccup must not end the slot; the job's lease protects it.
                 logger.exception("worker slot error")
