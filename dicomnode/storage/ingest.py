@@ -304,6 +304,29 @@ def _insert_absent(conn: Connection, table: Table, values: dict[str, Any]) -> in
     return conn.execute(stmt.on_conflict_do_nothing().returning(table.c.id), values).scalar()
 
 
+def _find_or_create(conn: Connection, ids: dict[tuple[str, ...], int], key: tuple[str, ...],
+                    find: Any, params: dict[str, Any], table: Table,
+                    values: Callable[[], dict[str, Any]]) -> tuple[int, bool]:
+    """The id of the row ``find`` returns (a SELECT, or an UPDATE … RETURNING that touches
+    it), inserting ``values()`` first when there is none; and whether it was created.
+
+    ``ids`` remembers it for the rest of the transaction (a group-commit batch often
+    holds many instances of one series).
+    """
+    found = ids.get(key)
+    if found is not None:
+        return found, False
+    row_id = conn.execute(find, params).scalar()
+    created = False
+    if row_id is None:
+        row_id = _insert_absent(conn, table, values())
+        created = row_id is not None
+        if row_id is None:  # another receiver created it a moment ago
+            row_id = conn.execute(find, params).scalar_one()
+    ids[key] = row_id
+    return row_id, created
+
+
 class Ingestor:
     """Validates, places and indexes received instances.
 
@@ -564,64 +587,44 @@ class Ingestor:
         conn = session.connection()
         ids: dict[tuple[str, ...], int] = session.info.setdefault("dicomnode_ids", {})
         now = utcnow()
-        patient_key = ("patient", _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID"))
-        patient_fk = ids.get(patient_key)
-        if patient_fk is None:
-            lookup = {"b_pid": patient_key[1], "b_issuer": patient_key[2]}
-            patient_fk = conn.execute(_SELECT_PATIENT, lookup).scalar()
-            if patient_fk is None:
-                patient_fk = _insert_absent(conn, _PATIENT, {
-                    "patient_id": patient_key[1], "issuer_of_patient_id": patient_key[2],
-                    "patient_name": _text(ds, "PatientName", 324),
-                    "patient_birth_date": _text(ds, "PatientBirthDate", 8),
-                    "patient_sex": _text(ds, "PatientSex", 16)}) \
-                    or conn.execute(_SELECT_PATIENT, lookup).scalar_one()
-            ids[patient_key] = patient_fk
-
+        patient_id, issuer = _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")
+        patient_fk, _ = _find_or_create(
+            conn, ids, ("patient", patient_id, issuer), _SELECT_PATIENT,
+            {"b_pid": patient_id, "b_issuer": issuer}, _PATIENT, lambda: {
+                "patient_id": patient_id, "issuer_of_patient_id": issuer,
+                "patient_name": _text(ds, "PatientName", 324),
+                "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                "patient_sex": _text(ds, "PatientSex", 16)})
         study_uid = str(ds.StudyInstanceUID)
-        study_key = ("study", study_uid)
-        study_fk = ids.get(study_key)
-        if study_fk is None:
-            touch = {"b_uid": study_uid, "b_now": now}
-            study_fk = conn.execute(_TOUCH_STUDY, touch).scalar()
-            if study_fk is None:
-                study_fk = _insert_absent(conn, _STUDY, {
-                    "study_instance_uid": study_uid, "patient_fk": patient_fk,
-                    "study_date": _text(ds, "StudyDate", 8), "study_time": _text(ds, "StudyTime", 16),
-                    "accession_number": _text(ds, "AccessionNumber", 16),
-                    "study_description": _text(ds, "StudyDescription"), "state": "receiving",
-                    "generation": 0, "first_received_at": now, "last_received_at": now,
-                    "last_series_added_at": now}) \
-                    or conn.execute(_TOUCH_STUDY, touch).scalar_one()
-            ids[study_key] = study_fk
-
+        study_fk, _ = _find_or_create(
+            conn, ids, ("study", study_uid), _TOUCH_STUDY, {"b_uid": study_uid, "b_now": now}, _STUDY,
+            lambda: {
+                "study_instance_uid": study_uid, "patient_fk": patient_fk,
+                "study_date": _text(ds, "StudyDate", 8), "study_time": _text(ds, "StudyTime", 16),
+                "accession_number": _text(ds, "AccessionNumber", 16),
+                "study_description": _text(ds, "StudyDescription"), "state": "receiving",
+                "generation": 0, "first_received_at": now, "last_received_at": now,
+                "last_series_added_at": now})
         series_uid = str(ds.SeriesInstanceUID)
-        series_key = ("series", series_uid)
-        series_fk = ids.get(series_key)
-        if series_fk is None:
-            touch = {"b_uid": series_uid, "b_now": now}
-            series_fk = conn.execute(_TOUCH_SERIES, touch).scalar()
-            if series_fk is None:
-                series_fk = _insert_absent(conn, _SERIES, {
-                    "series_instance_uid": series_uid, "study_fk": study_fk,
-                    "modality": _text(ds, "Modality", 16), "series_number": _int(ds, "SeriesNumber"),
-                    "series_description": _text(ds, "SeriesDescription"),
-                    "body_part_examined": _text(ds, "BodyPartExamined", 16),
-                    "image_type": _text(ds, "ImageType", 256),
-                    "view_position": _text(ds, "ViewPosition", 16),
-                    "image_laterality": _text(ds, "ImageLaterality", 16),
-                    "positioner_primary_angle": _float(ds, "PositionerPrimaryAngle"),
-                    "positioner_secondary_angle": _float(ds, "PositionerSecondaryAngle"),
-                    "image_orientation_patient": _text(ds, "ImageOrientationPatient", 128),
-                    "calling_ae": calling_ae[:16],
-                    "expected_instances": _int(ds, "NumberOfSeriesRelatedInstances"),
-                    "is_result": is_result, "state": "open", "first_received_at": now,
-                    "last_received_at": now})
-                if series_fk is None:  # another receiver created it a moment ago
-                    series_fk = conn.execute(_TOUCH_SERIES, touch).scalar_one()
-                else:
-                    conn.execute(_SERIES_ADDED, {"b_id": study_fk, "b_now": now})
-            ids[series_key] = series_fk
+        series_fk, new_series = _find_or_create(
+            conn, ids, ("series", series_uid), _TOUCH_SERIES, {"b_uid": series_uid, "b_now": now},
+            _SERIES, lambda: {
+                "series_instance_uid": series_uid, "study_fk": study_fk,
+                "modality": _text(ds, "Modality", 16), "series_number": _int(ds, "SeriesNumber"),
+                "series_description": _text(ds, "SeriesDescription"),
+                "body_part_examined": _text(ds, "BodyPartExamined", 16),
+                "image_type": _text(ds, "ImageType", 256),
+                "view_position": _text(ds, "ViewPosition", 16),
+                "image_laterality": _text(ds, "ImageLaterality", 16),
+                "positioner_primary_angle": _float(ds, "PositionerPrimaryAngle"),
+                "positioner_secondary_angle": _float(ds, "PositionerSecondaryAngle"),
+                "image_orientation_patient": _text(ds, "ImageOrientationPatient", 128),
+                "calling_ae": calling_ae[:16],
+                "expected_instances": _int(ds, "NumberOfSeriesRelatedInstances"),
+                "is_result": is_result, "state": "open", "first_received_at": now,
+                "last_received_at": now})
+        if new_series:
+            conn.execute(_SERIES_ADDED, {"b_id": study_fk, "b_now": now})
 
         attributes = {kw: _plain(ds.get(kw)) for kw in EXTRA_KEYWORDS if ds.get(kw) not in (None, "")}
         values = {
