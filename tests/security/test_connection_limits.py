@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import NodeProcess
 from fuzz.harness import alive, echo, events, proc_status, start_node, wait_for
-from fuzz.wire import ASSOCIATE_AC, Closed, associate_rq, connect, read_pdu
+from fuzz.wire import ASSOCIATE_AC, ASSOCIATE_RJ, Closed, associate_rq, connect, read_pdu
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -47,16 +47,33 @@ def stream_until_closed(sock: socket.socket, limit: int) -> int:
     return sent
 
 
+def associated(port: int, sock: socket.socket) -> socket.socket:
+    """An accepted association on ``sock`` (or a new connection), retrying a transient
+    rejection: the connection the previous case cut off may still count against
+    ``max_associations`` (2 here) for a moment, and an SCU retries "local limit exceeded"."""
+    deadline = time.monotonic() + 10
+    while True:
+        sock.sendall(associate_rq([(1, MRImageStorage, [ExplicitVRLittleEndian])]))
+        pdu = read_pdu(sock, time.monotonic() + 10)
+        if pdu.type == ASSOCIATE_AC:
+            return sock
+        assert pdu.type == ASSOCIATE_RJ and pdu.body[1] == 2, pdu  # 2: transient
+        assert time.monotonic() < deadline, "association still refused after 10 s"
+        sock.close()
+        time.sleep(0.2)
+        sock = connect(port)
+
+
 @pytest.mark.parametrize("stage", ["before association", "inside an association"])
 def test_a_pdu_longer_than_the_limit_is_refused_before_it_is_buffered(
     guarded_node: NodeProcess, stage: str
 ) -> None:
     assert guarded_node.proc is not None
     rss_before = proc_status(guarded_node.proc.pid, "VmRSS")
-    with connect(guarded_node.port) as sock:
-        if stage == "inside an association":
-            sock.sendall(associate_rq([(1, MRImageStorage, [ExplicitVRLittleEndian])]))
-            assert read_pdu(sock, time.monotonic() + 10).type == ASSOCIATE_AC
+    sock = connect(guarded_node.port)
+    if stage == "inside an association":
+        sock = associated(guarded_node.port, sock)
+    with sock:
         pdu_type = 0x01 if stage == "before association" else 0x04
         sock.sendall(struct.pack(">BBL", pdu_type, 0, 1 << 30))  # a 1 GB PDU
         sent = stream_until_closed(sock, 256 << 20)
