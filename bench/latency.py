@@ -183,7 +183,7 @@ def main() -> None:
     first: dict[str, dict[str, Any]] = {}
     loads = []
     with P.Stack(work, series_quiet=SERIES_QUIET_S, study_quiet=STUDY_QUIET_S, sweep=1.0,
-                 fsync=True, torch_threads=2) as stack:
+                 fsync=True, torch_threads=1) as stack:
         for module in args.modules:  # warm-up: the first study of each module
             first[module] = measure(stack, t, by_module[module], work)
             print(f"first {module:9s} latency {first[module].get('latency_s', 'no SR')}", flush=True)

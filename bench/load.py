@@ -6,7 +6,7 @@ mtici), a coronary cine run (keyframes), a lumbar MR study with decoy series (sp
 and an unrelated CT (no module) — in rotation.  One sender pushes them with dcmtk's
 storescu, one association per study, as fast as the node acknowledges; a writer
 thread prepares the next copies meanwhile.  The node runs with its shipped job
-settings (1 worker, 2 torch threads, fsync on) and sends every result to a real
+settings (1 worker, 1 torch thread, fsync on) and sends every result to a real
 Orthanc.
 
 Checked at the end: every pushed instance is in the node's index, every study was
@@ -99,7 +99,7 @@ def run(n: int, work: Path, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
 
     pushed: dict[str, tuple[str, int]] = {}
     with P.Stack(work, series_quiet=SERIES_QUIET_S, study_quiet=STUDY_QUIET_S, sweep=1.0,
-                 fsync=True, torch_threads=2) as stack:
+                 fsync=True, torch_threads=1) as stack:
         assert stack.index is not None
         watch = MemoryWatch(stack.pid)
         watch.start()
@@ -182,7 +182,7 @@ def report(v: dict[str, Any], quick: bool, load: str) -> str:
         f"Measured {dt.date.today()} by `python bench/load.py{' --quick' if quick else ''}`: "
         f"{v['n']} studies ({', '.join(f'{c} {k}' for k, c in v['kinds'].items())}; "
         f"{v['instances']} instances) pushed back to back by dcmtk storescu, one association "
-        "per study, to `dicomnode run` (shipped job settings: 1 worker process, 2 torch threads; "
+        "per study, to `dicomnode run` (shipped job settings: 1 worker process, 1 torch thread; "
         f"fsync on; quiet periods {SERIES_QUIET_S:g} s / {STUDY_QUIET_S:g} s) sending every result "
         f"to a real Orthanc. Load average during the run: {load} on 2 cores shared with other "
         "agents' training jobs, and worker processes run at nice 5, so throughput is "
@@ -204,7 +204,8 @@ def report(v: dict[str, Any], quick: bool, load: str) -> str:
                      + " — " + "; ".join(f"“{r}…” ×{c}" for r, c in v["no_result_reasons"].items())
                      + ".")
     lines.append(f"Worker processes seen: {v['worker_processes']} (a worker process is replaced "
-                 "after 25 jobs; peak RSS per worker process is the largest VmHWM of any).")
+                 "after `jobs.max_jobs_per_process` = 25 jobs by a successor warmed beside it; peak RSS per "
+                 "worker process is the largest VmHWM of any).")
     return "\n".join(lines)
 
 

@@ -181,6 +181,7 @@ class _Slot(threading.Thread):
         super().__init__(name=f"dicomnode-slot-{index}", daemon=True)
         self.pool = pool
         self.child: WorkerProcess | None = None
+        self.successor: WorkerProcess | None = None  # warming up to replace ``child``
         self.outcome = ""  # how the current attempt ended, for the job-duration histogram
 
     # The process must be started by this thread: PR_SET_PDEATHSIG in the child fires
@@ -192,12 +193,28 @@ class _Slot(threading.Thread):
                 logger.error("worker process failed to start: %s", exit_reason(child.proc.exitcode))
                 self.pool._stop.wait(RESPAWN_BACKOFF_SECONDS)
             child.stop()
-            child = self.child = None
+            self.child, self.successor = self.successor, None
+            child = self.child
         if child is not None and child.jobs >= self.pool.settings.jobs.max_jobs_per_process:
-            # Bounded reuse: whatever a module leaks is returned now and then.
-            logger.info("worker process %d replaced after %d jobs", child.proc.pid, child.jobs)
-            child.stop()
-            child = self.child = None
+            # Bounded reuse: whatever a module leaks is returned now and then.  The
+            # successor warms up (torch, the modules: seconds) while this one still runs
+            # jobs, and takes over once it is ready, so no job waits for a warm-up.
+            # Replaced at the next claim instead, a study waited for it: the p95 of
+            # mtici's push-to-result latency (its three jobs straddled the swap).
+            if self.successor is None and not self.pool._stop.is_set():
+                self.successor = WorkerProcess(self.pool.settings, self.pool.log_level, self.pool.catalog)
+            successor = self.successor
+            if successor is not None and successor.poll_ready(0):
+                logger.info("worker process %d replaced after %d jobs by %d", child.proc.pid, child.jobs,
+                            successor.proc.pid)
+                child.stop()
+                child = self.child = successor
+                self.successor = None
+            elif successor is not None and successor.dead():  # this one goes on meanwhile
+                logger.error("worker process failed to start: %s", exit_reason(successor.proc.exitcode))
+                successor.stop()
+                self.successor = None
+                self.pool._stop.wait(RESPAWN_BACKOFF_SECONDS)
         if child is None and not self.pool._stop.is_set():
             child = self.child = WorkerProcess(self.pool.settings, self.pool.log_level, self.pool.catalog)
         return child
@@ -226,17 +243,14 @@ class _Slot(threading.Thread):
                     child.stop()
                     self.child = None
                 elif child.jobs >= pool.settings.jobs.max_jobs_per_process:
-                    # Replace it now, while no job waits: the fresh process warms up
-                    # (torch, the modules) before the next study arrives.  Replaced at
-                    # the next claim instead, that study waited ~2.5 s for the warm-up
-                    # (the p95 of mtici's push-to-result latency, bench/RESULTS.md).
-                    self._ensure_child()
+                    self._ensure_child()  # start its successor now, not at the next claim
             except Exception:
                 # A database hiccup must not end the slot; the job's lease protects it.
                 logger.exception("worker slot error")
                 self.pool._stop.wait(1.0)
-        if self.child is not None:
-            self.child.stop()
+        for process in (self.child, self.successor):
+            if process is not None:
+                process.stop()
 
     def _observed(self, claim: queue.Claim, child: WorkerProcess) -> bool:
         """:meth:`_supervise`, with the attempt's duration and outcome recorded."""
