@@ -120,12 +120,16 @@ class DicomNode(Peer):
                 "--aetitle", self.aetitle, "--port", str(self.port), "--bind", "127.0.0.1"]
 
     def wait_ready(self) -> None:
-        # Wait for the log line, not a probe connection (that would hold an association).
+        # Wait for the log lines, not a probe connection (that would hold an association):
+        # the receiver listening, and the worker-role child's scheduler started, so that
+        # its start-up (imports: ~1 s of CPU) does not compete with the measured push.
         assert self.proc is not None
         log = (self.workdir / self.name).with_suffix(".log")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if b"listening as" in log.read_bytes():
+            text = log.read_bytes()
+            if b"listening as" in text and b"scheduler started" in text:
+                time.sleep(0.5)
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(log.read_text(errors="replace")[-2000:])
