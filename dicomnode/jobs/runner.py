@@ -93,7 +93,6 @@ def warm_up(db: Database, catalog: bool) -> tuple[dict[str, tuple[str, tuple[str
     import torch  # noqa: F401
 
     import dicomnode.results  # noqa: F401
-
     from ai.core import registry
 
     infos: dict[str, tuple[str, tuple[str, ...]]] = {}

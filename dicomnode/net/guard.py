@@ -238,7 +238,7 @@ class _AdoptingServer(ThreadedAssociationServer):
     adopted: socket.socket | None = None
 
     def server_bind(self) -> None:
-        assert self.adopted is not None
+        assert self.adopted is not None and self.socket is not None
         self.socket.close()  # the one TCPServer made
         self.socket = self.adopted
         self.server_address = self.socket.getsockname()
@@ -249,7 +249,8 @@ class _AdoptingServer(ThreadedAssociationServer):
     def server_close(self) -> None:
         # close(), not shutdown(): shutting a shared listening socket down would stop
         # every process accepting on it.
-        self.socket.close()
+        if self.socket is not None:
+            self.socket.close()
 
 
 class AllowlistAE(AE):

@@ -186,14 +186,16 @@ class Receiver:
         node = self.settings.node
         self._stopping = False
         self.ae.adopt = self.listener
-        self.server = self.ae.start_server(
+        server = self.ae.start_server(
             (node.bind, node.port), block=False, evt_handlers=self.handlers(),
             ssl_context=self.ssl_context(), contexts=cheap_copies(self.ae.supported_contexts),
         )
-        if node.receive_processes > 1:
+        assert server is not None  # block=False returns the server
+        self.server = server
+        if node.receive_processes > 1 and server.socket is not None:
             # Shared by several processes: whoever loses the race for a connection must
             # get EAGAIN at once, not wait in accept() (which would also delay stop()).
-            self.server.socket.settimeout(0)
+            server.socket.settimeout(0)
         if self.listener is not None:
             logger.info("receiving process %d accepting on %s:%d", os.getpid(), node.bind, node.port)
         elif node.receive_processes == 1:

@@ -43,7 +43,7 @@ def get_or_create(
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         ins = model.__table__.insert().values(values)  # type: ignore[attr-defined]
     # RETURNING, not rowcount: with PostgreSQL's implicit RETURNING rowcount is -1 either way.
-    created = session.execute(ins.returning(model.__table__.c.id)).first() is not None  # type: ignore[attr-defined]
+    created = session.execute(ins.returning(model.__table__.c.id)).first() is not None
     row = session.scalars(stmt).one()
     return row, created
 

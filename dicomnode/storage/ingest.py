@@ -23,7 +23,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -274,7 +274,7 @@ class Ingested:
     replaced: bool = False
 
 
-_PATIENT, _STUDY, _SERIES, _INSTANCE = (m.__table__ for m in (Patient, Study, Series, Instance))
+_PATIENT, _STUDY, _SERIES, _INSTANCE = (cast(Table, m.__table__) for m in (Patient, Study, Series, Instance))
 #: The statements of one C-STORE's index write, built once (SQLAlchemy Core: the ORM's
 #: unit of work cost ~1.5 ms of the receiver's ~9 ms per instance under py-spy).
 _SELECT_PATIENT = select(_PATIENT.c.id).where(
