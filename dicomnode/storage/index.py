@@ -9,13 +9,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dicomnode.storage.models import Base, Instance, Patient, Series, Study, utcnow
+from dicomnode.storage.models import Base, Instance, Patient, Series, Study
 
 M = TypeVar("M", bound=Base)
 
@@ -33,19 +33,21 @@ def get_or_create(
     row = session.scalars(stmt).first()
     if row is not None:
         return row, False
-    dialect = session.get_bind().dialect.name
-    values = {**defaults, **keys}
-    ins: Any
-    if dialect == "postgresql":
-        ins = postgresql.insert(model).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        ins = sqlite.insert(model).values(values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        ins = model.__table__.insert().values(values)  # type: ignore[attr-defined]
-    # RETURNING, not rowcount: with PostgreSQL's implicit RETURNING rowcount is -1 either way.
-    created = session.execute(ins.returning(model.__table__.c.id)).first() is not None
+    table = cast(Table, model.__table__)
+    created = insert_absent(session, table, {**defaults, **keys}) is not None
     row = session.scalars(stmt).one()
     return row, created
+
+
+def insert_absent(executor: Session | Connection, table: Table, values: Mapping[str, Any]) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new row's id, None if it existed.
+
+    Two nodes racing on PostgreSQL never fail on the unique key.  (``rowcount`` cannot
+    tell: with PostgreSQL's implicit RETURNING it is -1 whether a row was inserted or not.)
+    """
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    stmt = postgresql.insert(table) if bind.dialect.name == "postgresql" else sqlite.insert(table)
+    return executor.execute(stmt.on_conflict_do_nothing().returning(table.c.id), dict(values)).scalar()
 
 
 def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
@@ -165,13 +167,3 @@ def study_detail(session: Session, study_instance_uid: str) -> dict[str, Any] | 
         "last_received_at": study.last_received_at.isoformat(),
         "series": series_out,
     }
-
-
-def touch_study(study: Study, new_series: bool, now: dt.datetime | None = None) -> None:
-    """Record an arrival: a complete or routed study is re-opened (routing runs again)."""
-    now = now or utcnow()
-    study.last_received_at = now
-    if new_series:
-        study.last_series_added_at = now
-    if study.state != "receiving":
-        study.state = "receiving"

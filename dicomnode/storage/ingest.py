@@ -33,7 +33,6 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.uid import UID
 from sqlalchemy import Connection, Table, bindparam, case, null, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -46,7 +45,7 @@ from dicomnode.errors import (
 )
 from dicomnode.storage.db import Database
 from dicomnode.storage.groupcommit import GroupCommit
-from dicomnode.storage.index import find_instance
+from dicomnode.storage.index import find_instance, insert_absent
 from dicomnode.storage.models import Instance, Patient, Series, Study, utcnow
 from dicomnode.storage.spool import NO_SPACE_ERRNOS, Spool
 
@@ -294,16 +293,6 @@ _SELECT_INSTANCE = select(_INSTANCE.c.id, _INSTANCE.c.path, _INSTANCE.c.sha256).
     _INSTANCE.c.sop_instance_uid == bindparam("b_uid"))
 
 
-def _insert_absent(conn: Connection, table: Table, values: dict[str, Any]) -> int | None:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new row's id, None if it existed.
-
-    Two nodes racing on PostgreSQL never fail on the unique key.  (``rowcount`` cannot
-    tell: with PostgreSQL's implicit RETURNING it is -1 whether a row was inserted or not.)
-    """
-    stmt = (postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table))
-    return conn.execute(stmt.on_conflict_do_nothing().returning(table.c.id), values).scalar()
-
-
 def _find_or_create(conn: Connection, ids: dict[tuple[str, ...], int], key: tuple[str, ...],
                     find: Any, params: dict[str, Any], table: Table,
                     values: Callable[[], dict[str, Any]]) -> tuple[int, bool]:
@@ -319,7 +308,7 @@ def _find_or_create(conn: Connection, ids: dict[tuple[str, ...], int], key: tupl
     row_id = conn.execute(find, params).scalar()
     created = False
     if row_id is None:
-        row_id = _insert_absent(conn, table, values())
+        row_id = insert_absent(conn, table, values())
         created = row_id is not None
         if row_id is None:  # another receiver created it a moment ago
             row_id = conn.execute(find, params).scalar_one()
