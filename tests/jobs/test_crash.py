@@ -6,13 +6,12 @@ overtaken by new data (a newer generation) keeps no results.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import storescu
+from conftest import pid_alive, storescu
 from dicom_factory import make_dataset, uid, write
 from sqlalchemy import select
 
@@ -37,14 +36,6 @@ def _push(node: Any, directory: Path, description: str, study: str | None = None
     return study
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
 @pytest.mark.slow
 def test_a_job_interrupted_by_kill_9_runs_to_completion_exactly_once_after_restart(
     jobs_node: Any, index: Any, wait_for: Any, tmp_path: Path,
@@ -58,7 +49,7 @@ def test_a_job_interrupted_by_kill_9_runs_to_completion_exactly_once_after_resta
     node.kill()  # SIGKILL: no clean-up in the node at all
 
     # The orphaned worker goes with its node (PR_SET_PDEATHSIG), so it cannot finish the job.
-    wait_for(lambda: not _alive(worker_pid), 10, f"worker process {worker_pid} to die with the node")
+    wait_for(lambda: not pid_alive(worker_pid), 10, f"worker process {worker_pid} to die with the node")
     with db.session() as s:
         (job,) = s.scalars(select(Job).where(Job.study_instance_uid == study)).all()
     assert (job.state, job.attempts) == ("running", 1)
@@ -115,7 +106,6 @@ def _one_job(db: Any, study: str) -> Job:
     with db.session() as s:
         (job,) = s.scalars(select(Job).where(Job.study_instance_uid == study)).all()
     return job
-
 
 
 def _jobs(db: Any, study: str) -> list[Job]:

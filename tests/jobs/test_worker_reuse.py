@@ -11,23 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import storescu
+from conftest import child_pids, storescu
 from dicom_factory import make_dataset, uid, write
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            pass
-    return out
 
 
 def _worker_processes(node_pid: int) -> set[int]:
     """The job processes: children of the node's worker-role child."""
-    return {pid for role in _children(node_pid) for pid in _children(role)}
+    return {pid for role in child_pids(node_pid) for pid in child_pids(role)}
 
 
 def _push_echo(node: Any, directory: Path) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import NodeProcess, free_port, poll_until, storescu
+from conftest import NodeProcess, free_port, pid_alive, poll_until, storescu
 from dicom_factory import mr_series
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,13 +24,6 @@ def _stored_count(metrics_port: int) -> float:
         text = rsp.read().decode()
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
                if s.name == "dicomnode_instances_received_total" and s.labels.get("outcome") == "stored")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _push_parallel(port: int, chunks: list[list[Path]]) -> None:
@@ -92,7 +85,7 @@ def test_two_receiving_processes_share_one_port_store_everything_once_and_restar
 
     # SIGTERM stops every process cleanly; nothing partial is left.
     assert node.stop(signal.SIGTERM, timeout=60) == 0
-    assert not _alive(restarted[0]) and not _alive(extra)
+    assert not pid_alive(restarted[0]) and not pid_alive(extra)
     assert list((node.data_dir / "spool" / "tmp").iterdir()) == []
 
 
@@ -100,9 +93,9 @@ def test_a_killed_node_takes_its_receiving_processes_with_it(
         node_factory: Callable[..., NodeProcess]) -> None:
     node = node_factory(config={"node": {"receive_processes": 3}, "jobs": {"workers": 0}})
     extras = [int(p) for p in ACCEPTING.findall(node.log())]
-    assert len(extras) == 2 and all(_alive(p) for p in extras)
+    assert len(extras) == 2 and all(pid_alive(p) for p in extras)
     node.kill()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in extras):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in extras):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in extras), "a receiving process outlived a kill -9 of its node"
+    assert not any(pid_alive(p) for p in extras), "a receiving process outlived a kill -9 of its node"

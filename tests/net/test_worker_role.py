@@ -7,14 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import NodeProcess, free_port, storescu
+from conftest import NodeProcess, child_pids, free_port, pid_alive, storescu
 from dicom_factory import ct_instance
 from prometheus_client.parser import text_string_to_metric_families
-
-
-def _children(pid: int) -> list[int]:
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
 
 
 def _completion_waits(port: int) -> float:
@@ -22,13 +17,6 @@ def _completion_waits(port: int) -> float:
         text = rsp.read().decode()
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
                if s.name == "dicomnode_completion_wait_seconds_count")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.slow
@@ -42,7 +30,7 @@ def test_the_worker_role_reports_through_the_node_and_dies_with_it(
     pid = node.proc.pid
     deadline = time.monotonic() + 30  # started just after the receiver listens
     while time.monotonic() < deadline and not (spawned := [
-            c for c in _children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]):
+            c for c in child_pids(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]):
         time.sleep(0.1)
     [worker_role] = spawned
     assert _completion_waits(metrics_port) == 0
@@ -55,6 +43,6 @@ def test_the_worker_role_reports_through_the_node_and_dies_with_it(
     assert _completion_waits(metrics_port) == 1, node.log()[-3000:]
     node.kill()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(worker_role):
+    while time.monotonic() < deadline and pid_alive(worker_role):
         time.sleep(0.1)
-    assert not _alive(worker_role), "the worker role outlived a kill -9 of its node"
+    assert not pid_alive(worker_role), "the worker role outlived a kill -9 of its node"

@@ -22,20 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, storescu
+from conftest import free_port, pid_alive, storescu
 from dicom_factory import make_dataset, uid, write
 from results.test_outbox import storage_scp
 from sqlalchemy import create_engine, select, text
 
 from dicomnode.storage.db import open_database
 from dicomnode.storage.models import Delivery, Job, Result
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.slow
@@ -78,7 +71,7 @@ def test_kill_9_after_results_are_stored_but_before_done_gives_one_result_set(
                 # through the worker role): the lock is released only then, or that
                 # process could still mark the job done in between (attempt 1, no rerun).
                 worker = int(marks.read_text().split()[1])
-                wait_for(lambda: not _alive(worker), 30, "the job's process to die with its node")
+                wait_for(lambda: not pid_alive(worker), 30, "the job's process to die with its node")
                 conn.rollback()
 
             node.start()
