@@ -190,8 +190,7 @@ class _Slot(threading.Thread):
         child = self.child
         if child is not None and child.dead():
             if not child.ready:
-                logger.error("worker process failed to start: %s", exit_reason(child.proc.exitcode))
-                self.pool._stop.wait(RESPAWN_BACKOFF_SECONDS)
+                self._failed_to_start(child)
             child.stop()
             self.child, self.successor = self.successor, None
             child = self.child
@@ -211,13 +210,16 @@ class _Slot(threading.Thread):
                 child = self.child = successor
                 self.successor = None
             elif successor is not None and successor.dead():  # this one goes on meanwhile
-                logger.error("worker process failed to start: %s", exit_reason(successor.proc.exitcode))
                 successor.stop()
                 self.successor = None
-                self.pool._stop.wait(RESPAWN_BACKOFF_SECONDS)
+                self._failed_to_start(successor)
         if child is None and not self.pool._stop.is_set():
             child = self.child = WorkerProcess(self.pool.settings, self.pool.log_level, self.pool.catalog)
         return child
+
+    def _failed_to_start(self, process: WorkerProcess) -> None:
+        logger.error("worker process failed to start: %s", exit_reason(process.proc.exitcode))
+        self.pool._stop.wait(RESPAWN_BACKOFF_SECONDS)
 
     def run(self) -> None:
         """Keep a warm process, claim a job when it is ready, see the job through; repeat."""
